@@ -1,0 +1,524 @@
+//! The catalog: one writer task merges what every source says into immutable snapshots.
+//!
+//! Sources send [`SourceEvent`]s over a channel; the writer applies them to its own state,
+//! coalesces bursts for `coalesce` (a few ms), rebuilds the views of the services that changed
+//! (and only those), and publishes a new [`Snapshot`] with the next SOA serial through an
+//! `ArcSwap`. Readers load the current snapshot without locks and answer a whole query from
+//! it, so no answer mixes two versions.
+//!
+//! Each cluster's slice is only ever replaced or patched by events for that cluster: a source
+//! holds a [`SourceHandle`] bound to its cluster and cannot name another.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use hickory_proto::rr::SerialNumber;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::model::{ClusterId, Service, ServiceKey, Slice, SourceState};
+use crate::zone::records::ServiceView;
+use crate::zone::{ZoneData, ZoneSettings};
+
+/// What a source tells the catalog about its cluster.
+#[derive(Debug)]
+pub enum Update {
+    /// The whole slice, e.g. after a (re)list or a file reload: swapped in whole.
+    Replace(Slice),
+    /// Some services changed (`None`: deleted), e.g. one watch event.
+    Patch(Vec<(ServiceKey, Option<Arc<Service>>)>),
+    /// The source's connection state changed; `error` says why, for operators.
+    State {
+        state: SourceState,
+        error: Option<String>,
+    },
+    /// The source could not use new input (e.g. an invalid file) and keeps its last slice.
+    Rejected(String),
+}
+
+#[derive(Debug)]
+pub struct SourceEvent {
+    pub cluster: ClusterId,
+    pub update: Update,
+}
+
+/// A source's only way to talk to the catalog: bound to one cluster.
+#[derive(Clone, Debug)]
+pub struct SourceHandle {
+    cluster: ClusterId,
+    tx: mpsc::UnboundedSender<SourceEvent>,
+}
+
+impl SourceHandle {
+    pub fn cluster(&self) -> &ClusterId {
+        &self.cluster
+    }
+
+    /// Sends an update; false when the catalog is gone (shutting down).
+    pub fn send(&self, update: Update) -> bool {
+        self.tx
+            .send(SourceEvent {
+                cluster: self.cluster.clone(),
+                update,
+            })
+            .is_ok()
+    }
+}
+
+/// What operators see of one cluster (`/debug/catalog`, metrics, readiness).
+#[derive(Clone, Debug)]
+pub struct ClusterStatus {
+    pub name: ClusterId,
+    pub state: SourceState,
+    /// Has this cluster's source delivered a complete slice at least once?
+    pub synced_once: bool,
+    pub slice: Slice,
+    pub endpoints: usize,
+    /// Unix seconds of the last change of this cluster's data.
+    pub last_change_unix: Option<u64>,
+    pub last_error: Option<String>,
+    /// Inputs rejected as invalid (e.g. file reloads), ever.
+    pub rejected: u64,
+    /// Whole-slice replacements (initial lists, relists, reloads), ever.
+    pub relists: u64,
+}
+
+/// One immutable version of everything served.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub zone: ZoneData,
+    /// In answer order (local cluster first).
+    pub clusters: Vec<ClusterStatus>,
+    /// How long building this snapshot took (apply + rebuild), microseconds.
+    pub build_micros: u64,
+}
+
+impl Snapshot {
+    pub fn serial(&self) -> u32 {
+        self.zone.serial
+    }
+
+    /// Every cluster has synced at least once.
+    pub fn all_synced(&self) -> bool {
+        self.clusters.iter().all(|c| c.synced_once)
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&ClusterStatus> {
+        self.clusters.iter().find(|c| &*c.name == name)
+    }
+}
+
+/// The read side: cheap to clone, lock-free to read.
+#[derive(Clone)]
+pub struct CatalogReader {
+    current: Arc<ArcSwap<Snapshot>>,
+    published: watch::Receiver<u32>,
+}
+
+impl CatalogReader {
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Waits until a snapshot satisfies `pred` (tests, `dump`).
+    pub async fn wait_for(&self, pred: impl Fn(&Snapshot) -> bool) -> Arc<Snapshot> {
+        let mut rx = self.published.clone();
+        loop {
+            let snap = self.load();
+            if pred(&snap) {
+                return snap;
+            }
+            if rx.changed().await.is_err() {
+                return self.load();
+            }
+        }
+    }
+}
+
+/// The catalog's writer side, before it runs.
+pub struct Catalog {
+    tx: mpsc::UnboundedSender<SourceEvent>,
+    rx: mpsc::UnboundedReceiver<SourceEvent>,
+    writer: Writer,
+    reader: CatalogReader,
+}
+
+impl Catalog {
+    pub fn new(config: &Config) -> Catalog {
+        let settings = Arc::new(ZoneSettings::from_config(config));
+        let serial = initial_serial();
+        let clusters: Vec<ClusterStatus> = settings
+            .cluster_order
+            .iter()
+            .map(|name| ClusterStatus {
+                name: name.clone(),
+                state: SourceState::Syncing,
+                synced_once: false,
+                slice: Slice::new(),
+                endpoints: 0,
+                last_change_unix: None,
+                last_error: None,
+                rejected: 0,
+                relists: 0,
+            })
+            .collect();
+        let snapshot = Snapshot {
+            zone: ZoneData::new(settings, serial),
+            clusters,
+            build_micros: 0,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (published_tx, published) = watch::channel(serial);
+        let current = Arc::new(ArcSwap::from_pointee(snapshot));
+        Catalog {
+            writer: Writer {
+                current: current.clone(),
+                published: published_tx,
+                coalesce: config.coalesce,
+                expire_after: config.expire_after,
+            },
+            reader: CatalogReader { current, published },
+            tx,
+            rx,
+        }
+    }
+
+    pub fn reader(&self) -> CatalogReader {
+        self.reader.clone()
+    }
+
+    /// The handle a cluster's source uses; the catalog ignores events for unknown clusters.
+    pub fn handle(&self, cluster: &ClusterId) -> SourceHandle {
+        SourceHandle {
+            cluster: cluster.clone(),
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// Runs the writer until every [`SourceHandle`] is dropped.
+    pub async fn run(self) {
+        let Catalog { tx, rx, writer, .. } = self;
+        drop(tx);
+        writer.run(rx).await;
+    }
+}
+
+struct Writer {
+    current: Arc<ArcSwap<Snapshot>>,
+    published: watch::Sender<u32>,
+    coalesce: Duration,
+    expire_after: Option<Duration>,
+}
+
+/// Changes gathered during one coalescing window.
+#[derive(Default)]
+struct Pending {
+    services: HashSet<ServiceKey>,
+    /// Clusters whose status (not data) changed.
+    status: bool,
+}
+
+impl Writer {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<SourceEvent>) {
+        let base = self.current.load_full();
+        let mut zone = base.zone.clone();
+        let mut clusters = base.clusters.clone();
+        drop(base);
+        let index: HashMap<ClusterId, usize> = clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.clone(), i))
+            .collect();
+        let mut expiry = tokio::time::interval(Duration::from_secs(1));
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        loop {
+            let mut pending = Pending::default();
+            let first = tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => Some(ev),
+                    None => return,
+                },
+                _ = expiry.tick() => None,
+            };
+            let started = Instant::now();
+            match first {
+                Some(ev) => {
+                    apply(&index, &mut clusters, ev, &mut pending);
+                    // Coalesce a burst: take what arrives within the window.
+                    let deadline = tokio::time::Instant::now() + self.coalesce;
+                    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+                        apply(&index, &mut clusters, ev, &mut pending);
+                    }
+                }
+                None => self.expire(&mut clusters, &mut pending),
+            }
+            if pending.services.is_empty() && !pending.status {
+                continue;
+            }
+            let build_started = Instant::now();
+            for key in &pending.services {
+                let parts = clusters
+                    .iter()
+                    .filter_map(|c| c.slice.get(key).map(|s| (&c.name, &**s)));
+                let view = ServiceView::build(key.clone(), parts).map(Arc::new);
+                zone.set_service(key, view);
+            }
+            zone.serial = next_serial(zone.serial);
+            let snapshot = Snapshot {
+                zone: zone.clone(),
+                clusters: clusters.clone(),
+                build_micros: build_started.elapsed().as_micros() as u64,
+            };
+            let serial = snapshot.zone.serial;
+            self.current.store(Arc::new(snapshot));
+            let _ = self.published.send(serial);
+            debug!(
+                serial,
+                services_changed = pending.services.len(),
+                micros = started.elapsed().as_micros() as u64,
+                "published snapshot"
+            );
+        }
+    }
+
+    /// Drops the data of sources that have been stale for longer than `expire_after`.
+    fn expire(&self, clusters: &mut [ClusterStatus], pending: &mut Pending) {
+        let Some(after) = self.expire_after else {
+            return;
+        };
+        let now = unix_now();
+        for c in clusters.iter_mut() {
+            if let SourceState::Stale { since_unix } = c.state
+                && now.saturating_sub(since_unix) >= after.as_secs()
+            {
+                warn!(cluster = %c.name, stale_for_secs = now - since_unix, "source expired: dropping its data");
+                pending.services.extend(c.slice.keys().cloned());
+                c.slice = Slice::new();
+                c.endpoints = 0;
+                c.state = SourceState::Expired;
+                c.last_change_unix = Some(now);
+                pending.status = true;
+            }
+        }
+    }
+}
+
+/// Applies one event to the writer's state, noting what changed.
+fn apply(
+    index: &HashMap<ClusterId, usize>,
+    clusters: &mut [ClusterStatus],
+    ev: SourceEvent,
+    pending: &mut Pending,
+) {
+    let Some(&i) = index.get(&ev.cluster) else {
+        warn!(cluster = %ev.cluster, "event for an unknown cluster ignored");
+        return;
+    };
+    let c = &mut clusters[i];
+    let now = unix_now();
+    match ev.update {
+        Update::Replace(slice) => {
+            let before = pending.services.len();
+            for (k, v) in c.slice.iter() {
+                if slice.get(k).is_none_or(|n| !same(n, v)) {
+                    pending.services.insert(k.clone());
+                }
+            }
+            for (k, v) in slice.iter() {
+                if c.slice.get(k).is_none_or(|o| !same(o, v)) {
+                    pending.services.insert(k.clone());
+                }
+            }
+            if pending.services.len() != before || !c.synced_once {
+                c.last_change_unix = Some(now);
+            }
+            c.slice = slice;
+            c.endpoints = count_endpoints(&c.slice);
+            c.relists += 1;
+            if !c.synced_once {
+                info!(cluster = %c.name, services = c.slice.len(), endpoints = c.endpoints, "cluster synced");
+            }
+            c.synced_once = true;
+            c.state = SourceState::Synced;
+            c.last_error = None;
+            pending.status = true;
+        }
+        Update::Patch(changes) => {
+            for (k, v) in changes {
+                let changed = match (&v, c.slice.get(&k)) {
+                    (Some(n), Some(o)) => !same(n, o),
+                    (None, None) => false,
+                    _ => true,
+                };
+                if !changed {
+                    continue;
+                }
+                match v {
+                    Some(s) => c.slice.insert(k.clone(), s),
+                    None => c.slice.remove(&k),
+                };
+                pending.services.insert(k);
+                c.last_change_unix = Some(now);
+            }
+            c.endpoints = count_endpoints(&c.slice);
+        }
+        Update::State { state, error } => {
+            if c.state != state {
+                pending.status = true;
+            }
+            // Expired data was dropped; only a new Replace brings it back.
+            if c.state == SourceState::Expired && state != SourceState::Synced {
+                c.last_error = error;
+                return;
+            }
+            c.state = state;
+            c.last_error = error;
+        }
+        Update::Rejected(error) => {
+            c.rejected += 1;
+            c.last_error = Some(error);
+            pending.status = true;
+        }
+    }
+}
+
+fn same(a: &Arc<Service>, b: &Arc<Service>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
+fn count_endpoints(slice: &Slice) -> usize {
+    slice.values().map(|s| s.ready_endpoints().count()).sum()
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Seeded from the clock, so a restarted instance moves forward from any serial it published
+/// before (as long as it published fewer than one snapshot per second on average).
+fn initial_serial() -> u32 {
+    unix_now() as u32
+}
+
+/// The next serial (RFC 1982): the clock if it is ahead, else one more.
+fn next_serial(prev: u32) -> u32 {
+    let now = unix_now() as u32;
+    if SerialNumber::new(now) > SerialNumber::new(prev) {
+        now
+    } else {
+        prev.wrapping_add(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Endpoint;
+    use std::path::Path;
+
+    fn config() -> Config {
+        Config::parse(
+            Path::new("/t/meshdns.yaml"),
+            "local_cluster: beta\nclusters:\n  - name: alpha\n    source: { file: a.yaml }\n  - name: beta\n    source: { file: b.yaml }\n",
+        )
+        .unwrap()
+    }
+
+    fn service(ips: &[&str]) -> Arc<Service> {
+        Arc::new(Service::Endpoints {
+            ports: vec![],
+            endpoints: ips
+                .iter()
+                .map(|ip| Endpoint {
+                    ip: ip.parse().unwrap(),
+                    hostname: None,
+                    zone: None,
+                    node: None,
+                    ready: true,
+                })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn serials_move_forward_with_wraparound() {
+        let now = unix_now() as u32;
+        // Behind the clock: jump to the clock. Ahead of it, or at the wrap: one more.
+        for prev in [now.wrapping_sub(100), now, now.wrapping_add(10), u32::MAX] {
+            let next = next_serial(prev);
+            assert!(
+                SerialNumber::new(next) > SerialNumber::new(prev),
+                "{prev} -> {next}"
+            );
+        }
+        assert_eq!(next_serial(now.wrapping_add(10)), now.wrapping_add(11));
+    }
+
+    #[tokio::test]
+    async fn slices_merge_and_patch_per_cluster() {
+        let cfg = config();
+        let catalog = Catalog::new(&cfg);
+        let reader = catalog.reader();
+        let alpha = catalog.handle(&"alpha".into());
+        let beta = catalog.handle(&"beta".into());
+        let first_serial = reader.load().serial();
+        tokio::spawn(catalog.run());
+
+        let key = ServiceKey::new("ns", "web");
+        let mut a = Slice::new();
+        a.insert(key.clone(), service(&["10.0.0.1"]));
+        alpha.send(Update::Replace(a));
+        let mut b = Slice::new();
+        b.insert(key.clone(), service(&["10.1.0.1"]));
+        beta.send(Update::Replace(b));
+        let snap = reader.wait_for(|s| s.all_synced()).await;
+        let view = snap.zone.services.get(&key).unwrap();
+        // beta is local: first.
+        let ips: Vec<String> = view.addrs.iter().map(|i| i.to_string()).collect();
+        assert_eq!(ips, ["10.1.0.1", "10.0.0.1"]);
+        assert!(SerialNumber::new(snap.serial()) > SerialNumber::new(first_serial));
+
+        // A patch in alpha touches only alpha's part.
+        alpha.send(Update::Patch(vec![(key.clone(), None)]));
+        let snap = reader
+            .wait_for(|s| {
+                s.zone
+                    .services
+                    .get(&key)
+                    .is_some_and(|v| v.clusters.len() == 1)
+            })
+            .await;
+        let view = snap.zone.services.get(&key).unwrap();
+        assert_eq!(&*view.clusters[0].cluster, "beta");
+        assert_eq!(snap.cluster("beta").unwrap().slice.len(), 1);
+        assert_eq!(snap.cluster("alpha").unwrap().slice.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_one_snapshot() {
+        let cfg = config();
+        let catalog = Catalog::new(&cfg);
+        let reader = catalog.reader();
+        let alpha = catalog.handle(&"alpha".into());
+        let mut published = reader.published.clone();
+        tokio::spawn(catalog.run());
+        for i in 0..50 {
+            let key = ServiceKey::new("ns", &format!("s{i}"));
+            alpha.send(Update::Patch(vec![(key, Some(service(&["10.0.0.1"])))]));
+        }
+        published.changed().await.unwrap();
+        let snap = reader.load();
+        assert_eq!(
+            snap.zone.services.len(),
+            50,
+            "the whole burst is in the first snapshot"
+        );
+    }
+}

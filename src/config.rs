@@ -1,0 +1,580 @@
+//! The config file (YAML) and its validation.
+//!
+//! Parsing is strict: unknown keys are errors, so a typo never silently does nothing. Every
+//! error names the file, the line and the key; `check` and `serve` print it and exit 2 before
+//! anything binds a socket. Flags (`--dns-addr`, `--ops-addr`) override `listen` in `main`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hickory_proto::rr::Name;
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::model::{ClusterId, is_dns_label};
+
+pub const DEFAULT_ZONE: &str = "clusterset.local.";
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub zone: Name,
+    pub listen: Listen,
+    /// Record TTL, seconds.
+    pub ttl: u32,
+    /// SOA minimum: the TTL of negative answers, seconds.
+    pub negative_ttl: u32,
+    pub allow: Vec<IpNet>,
+    pub local_cluster: Option<ClusterId>,
+    pub clusters: Vec<ClusterConfig>,
+    pub nameservers: Vec<Nameserver>,
+    /// The largest UDP response we send, whatever the client advertises (RFC 9715: 1232
+    /// avoids IP fragmentation).
+    pub max_udp_payload: u16,
+    /// How long the catalog waits for more events before publishing a snapshot.
+    pub coalesce: Duration,
+    /// How long a stale source's data is kept; `None` = forever.
+    pub expire_after: Option<Duration>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listen {
+    pub dns: SocketAddr,
+    pub ops: SocketAddr,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub name: ClusterId,
+    pub region: Option<String>,
+    pub zones: Vec<String>,
+    pub networks: Vec<IpNet>,
+    pub source: SourceConfig,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceConfig {
+    Kube(KubeSourceConfig),
+    /// Absolute (resolved against the config file's directory).
+    File(PathBuf),
+}
+
+/// What a `kube` source watches. `kubeconfig: None` means in-cluster.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeSourceConfig {
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    #[serde(default)]
+    pub context: Option<String>,
+    /// Namespaces to watch; empty = all.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// A label selector narrowing the Services and EndpointSlices watched.
+    #[serde(default)]
+    pub label_selector: Option<String>,
+    #[serde(default)]
+    pub export: Export,
+}
+
+/// Which services a Kubernetes source publishes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Export {
+    #[default]
+    All,
+    /// Only services labelled `meshdns.io/export: "true"`.
+    Labeled,
+    /// Only services with an MCS `ServiceExport` of the same name.
+    Serviceexport,
+}
+
+#[derive(Clone, Debug)]
+pub struct Nameserver {
+    pub name: Name,
+    pub addresses: Vec<IpAddr>,
+}
+
+/// A config error: which file, where, which key, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// YAML syntax or type errors; serde-saphyr's message carries line, column and snippet.
+    #[error("{}: {message}", path.display())]
+    Yaml { path: PathBuf, message: String },
+    #[error("{}:{line}:{column}: {key}: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        line: u64,
+        column: u64,
+        key: String,
+        message: String,
+    },
+}
+
+/// A duration written as `5s`, `250ms`, `1m30s`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim())
+            .map(HumanDuration)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    zone: Option<Spanned<String>>,
+    #[serde(default)]
+    listen: RawListen,
+    #[serde(default)]
+    ttl: Option<Spanned<HumanDuration>>,
+    #[serde(default)]
+    negative_ttl: Option<Spanned<HumanDuration>>,
+    #[serde(default)]
+    allow: Option<Vec<IpNet>>,
+    #[serde(default)]
+    local_cluster: Option<Spanned<String>>,
+    #[serde(default)]
+    clusters: Vec<RawCluster>,
+    #[serde(default)]
+    nameservers: Option<Vec<RawNameserver>>,
+    #[serde(default)]
+    max_udp_payload: Option<Spanned<u16>>,
+    #[serde(default)]
+    coalesce: Option<Spanned<HumanDuration>>,
+    #[serde(default)]
+    expire_after: Option<HumanDuration>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    #[serde(default)]
+    dns: Option<SocketAddr>,
+    #[serde(default)]
+    ops: Option<SocketAddr>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: Spanned<String>,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    zones: Vec<String>,
+    #[serde(default)]
+    networks: Vec<IpNet>,
+    source: Spanned<RawSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+enum RawSource {
+    Kube(KubeSourceConfig),
+    File(PathBuf),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNameserver {
+    name: Spanned<String>,
+    #[serde(default)]
+    addresses: Vec<IpAddr>,
+}
+
+/// Private, shared and loopback ranges: where cluster DNS servers live.
+fn default_allow() -> Vec<IpNet> {
+    [
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "fc00::/7",
+        "::1/128",
+    ]
+    .iter()
+    .filter_map(|s| s.parse().ok())
+    .collect()
+}
+
+impl Config {
+    /// Reads and validates the config file. Paths of file sources are resolved against the
+    /// file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let invalid =
+            |at: &serde_saphyr::Location, key: &str, message: String| ConfigError::Invalid {
+                path: path.to_owned(),
+                line: at.line(),
+                column: at.column(),
+                key: key.to_owned(),
+                message,
+            };
+        let base = path.parent().unwrap_or(Path::new("."));
+
+        let zone = match &raw.zone {
+            None => Name::from_ascii(DEFAULT_ZONE).expect("the default zone is a valid name"),
+            Some(z) => parse_fqdn(&z.value).map_err(|m| invalid(&z.referenced, "zone", m))?,
+        };
+        let ttl = seconds(raw.ttl.as_ref(), 5, "ttl").map_err(|(at, m)| invalid(&at, "ttl", m))?;
+        let negative_ttl = seconds(raw.negative_ttl.as_ref(), ttl, "negative_ttl")
+            .map_err(|(at, m)| invalid(&at, "negative_ttl", m))?;
+
+        let mut clusters = Vec::with_capacity(raw.clusters.len());
+        let mut seen = HashSet::new();
+        for (i, c) in raw.clusters.into_iter().enumerate() {
+            let key = format!("clusters[{i}].name");
+            if !is_dns_label(&c.name.value) {
+                return Err(invalid(
+                    &c.name.referenced,
+                    &key,
+                    format!(
+                        "{:?} is not a DNS label (lowercase letters, digits and '-', at most 63)",
+                        c.name.value
+                    ),
+                ));
+            }
+            if !seen.insert(c.name.value.clone()) {
+                return Err(invalid(
+                    &c.name.referenced,
+                    &key,
+                    format!("duplicate cluster name {:?}", c.name.value),
+                ));
+            }
+            let source = match c.source.value {
+                RawSource::Kube(k) => {
+                    if let Some(sel) = &k.label_selector
+                        && sel.trim().is_empty()
+                    {
+                        return Err(invalid(
+                            &c.source.referenced,
+                            &format!("clusters[{i}].source.kube.label_selector"),
+                            "empty selector".into(),
+                        ));
+                    }
+                    for ns in &k.namespaces {
+                        if !is_dns_label(ns) {
+                            return Err(invalid(
+                                &c.source.referenced,
+                                &format!("clusters[{i}].source.kube.namespaces"),
+                                format!("{ns:?} is not a namespace name"),
+                            ));
+                        }
+                    }
+                    SourceConfig::Kube(KubeSourceConfig {
+                        kubeconfig: k.kubeconfig.map(|p| base.join(p)),
+                        ..k
+                    })
+                }
+                RawSource::File(p) => SourceConfig::File(base.join(p)),
+            };
+            clusters.push(ClusterConfig {
+                name: c.name.value.as_str().into(),
+                region: c.region,
+                zones: c.zones,
+                networks: c.networks,
+                source,
+            });
+        }
+
+        let local_cluster = match raw.local_cluster {
+            None => None,
+            Some(l) if seen.contains(&l.value) => Some(l.value.as_str().into()),
+            Some(l) => {
+                return Err(invalid(
+                    &l.referenced,
+                    "local_cluster",
+                    format!("{:?} is not one of the clusters", l.value),
+                ));
+            }
+        };
+
+        let nameservers = match raw.nameservers {
+            None => vec![Nameserver {
+                name: Name::from_ascii("ns")
+                    .and_then(|n| n.append_domain(&zone))
+                    .map_err(|e| {
+                        invalid(&serde_saphyr::Location::UNKNOWN, "zone", e.to_string())
+                    })?,
+                addresses: Vec::new(),
+            }],
+            Some(list) if list.is_empty() => {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    line: 0,
+                    column: 0,
+                    key: "nameservers".into(),
+                    message: "at least one nameserver is needed for the NS record".into(),
+                });
+            }
+            Some(list) => {
+                let mut out = Vec::with_capacity(list.len());
+                for (i, ns) in list.into_iter().enumerate() {
+                    let name = parse_fqdn(&ns.name.value).map_err(|m| {
+                        invalid(&ns.name.referenced, &format!("nameservers[{i}].name"), m)
+                    })?;
+                    out.push(Nameserver {
+                        name,
+                        addresses: ns.addresses,
+                    });
+                }
+                out
+            }
+        };
+
+        let max_udp_payload = match raw.max_udp_payload {
+            None => 1232,
+            Some(p) if p.value >= 512 => p.value,
+            Some(p) => {
+                return Err(invalid(
+                    &p.referenced,
+                    "max_udp_payload",
+                    "must be at least 512".into(),
+                ));
+            }
+        };
+        let coalesce = match raw.coalesce {
+            None => Duration::from_millis(2),
+            Some(c) if c.value.0 <= Duration::from_secs(1) => c.value.0,
+            Some(c) => {
+                return Err(invalid(
+                    &c.referenced,
+                    "coalesce",
+                    "must be at most 1s".into(),
+                ));
+            }
+        };
+
+        Ok(Config {
+            path: path.to_owned(),
+            zone,
+            listen: Listen {
+                dns: raw
+                    .listen
+                    .dns
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 53))),
+                ops: raw
+                    .listen
+                    .ops
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9153))),
+            },
+            ttl,
+            negative_ttl,
+            allow: raw.allow.unwrap_or_else(default_allow),
+            local_cluster,
+            clusters,
+            nameservers,
+            max_udp_payload,
+            coalesce,
+            expire_after: raw.expire_after.map(|d| d.0),
+        })
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&ClusterConfig> {
+        self.clusters.iter().find(|c| &*c.name == name)
+    }
+}
+
+/// A duration in whole seconds that fits a TTL (RFC 2181: at most 2^31 - 1).
+fn seconds(
+    d: Option<&Spanned<HumanDuration>>,
+    default: u32,
+    key: &str,
+) -> Result<u32, (serde_saphyr::Location, String)> {
+    let Some(d) = d else { return Ok(default) };
+    let secs = d.value.0.as_secs();
+    if d.value.0.subsec_nanos() != 0 || secs > i32::MAX as u64 {
+        return Err((
+            d.referenced,
+            format!("{key} must be whole seconds between 0s and 68y"),
+        ));
+    }
+    Ok(secs as u32)
+}
+
+/// A fully qualified domain name; the trailing dot is optional. Lowercased.
+pub fn parse_fqdn(s: &str) -> Result<Name, String> {
+    let s = s.trim();
+    if s.is_empty() || s == "." {
+        return Err("must be a domain name below the root".into());
+    }
+    let mut name = Name::from_ascii(s).map_err(|e| format!("{s:?} is not a domain name: {e}"))?;
+    name.set_fqdn(true);
+    if name.num_labels() == 0 {
+        return Err("must be a domain name below the root".into());
+    }
+    for label in name.iter() {
+        let ok = !label.is_empty()
+            && label
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_');
+        if !ok {
+            return Err(format!(
+                "{s:?} is not a domain name: labels are letters, digits, '-' and '_'"
+            ));
+        }
+    }
+    Ok(name.to_lowercase())
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "dns={} ops={}", self.dns, self.ops)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/meshdns/meshdns.yaml"), text)
+    }
+
+    fn err(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn full_config() {
+        let c = parse(
+            r#"
+zone: Fleet.Example
+listen: { dns: "127.0.0.1:1053", ops: "127.0.0.1:9153" }
+ttl: 10s
+allow: [10.0.0.0/8]
+local_cluster: alpha
+clusters:
+  - name: alpha
+    region: us-central1
+    zones: [us-central1-a]
+    networks: [10.8.0.0/14]
+    source: { kube: {} }
+  - name: beta
+    source: { kube: { kubeconfig: clusters/beta, namespaces: [istio-system] } }
+  - name: vms
+    source: { file: vms.yaml }
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.zone.to_ascii(), "fleet.example.");
+        assert_eq!(c.ttl, 10);
+        assert_eq!(c.negative_ttl, 10);
+        assert_eq!(c.listen.dns, "127.0.0.1:1053".parse().unwrap());
+        assert_eq!(c.clusters.len(), 3);
+        assert_eq!(c.local_cluster.as_deref(), Some("alpha"));
+        assert_eq!(
+            c.clusters[2].source,
+            SourceConfig::File("/etc/meshdns/vms.yaml".into())
+        );
+        match &c.clusters[1].source {
+            SourceConfig::Kube(k) => {
+                assert_eq!(
+                    k.kubeconfig.as_deref(),
+                    Some(Path::new("/etc/meshdns/clusters/beta"))
+                );
+                assert_eq!(k.namespaces, vec!["istio-system".to_string()]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.nameservers[0].name.to_ascii(), "ns.fleet.example.");
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("clusters: []\n").unwrap();
+        assert_eq!(c.zone.to_ascii(), DEFAULT_ZONE);
+        assert_eq!(c.ttl, 5);
+        assert_eq!(c.listen.dns.port(), 53);
+        assert!(
+            c.allow
+                .iter()
+                .any(|n| n.contains(&"127.0.0.1".parse::<IpAddr>().unwrap()))
+        );
+        assert_eq!(c.max_udp_payload, 1232);
+    }
+
+    /// Each bad config yields an error that names the file, the line and the key.
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "zone: a..b\n",
+                &["meshdns.yaml:1:", "zone", "not a domain name"],
+            ),
+            (
+                "ttl: 5 parsecs\n",
+                &["meshdns.yaml", "line 1", "invalid duration"],
+            ),
+            ("ttl: 250ms\n", &["meshdns.yaml:1:", "ttl", "whole seconds"]),
+            ("tll: 5s\n", &["meshdns.yaml", "line 1", "tll"]),
+            ("allow: [10.0.0.0/33]\n", &["meshdns.yaml", "line 1"]),
+            (
+                "clusters:\n  - name: Alpha\n    source: { kube: {} }\n",
+                &["meshdns.yaml:2:", "clusters[0].name", "not a DNS label"],
+            ),
+            (
+                "clusters:\n  - name: a\n    source: { kube: {} }\n  - name: a\n    source: { kube: {} }\n",
+                &["meshdns.yaml:4:", "clusters[1].name", "duplicate"],
+            ),
+            (
+                "clusters:\n  - name: a\n    networks: [10.0.0.0/8, nonsense]\n    source: { kube: {} }\n",
+                &["meshdns.yaml", "line 3"],
+            ),
+            (
+                "clusters:\n  - name: a\n    source: { kube: { kubecfg: x } }\n",
+                &["meshdns.yaml", "line 3", "kubecfg"],
+            ),
+            (
+                "clusters:\n  - name: a\n    source: { ftp: x }\n",
+                &["meshdns.yaml", "line 3", "ftp"],
+            ),
+            (
+                "local_cluster: zeta\nclusters: []\n",
+                &["meshdns.yaml:1:", "local_cluster", "zeta"],
+            ),
+            (
+                "max_udp_payload: 100\n",
+                &["meshdns.yaml:1:", "max_udp_payload"],
+            ),
+            ("zone: [a]\n", &["meshdns.yaml", "line 1"]),
+        ];
+        for (text, needles) in cases {
+            let e = err(text);
+            for n in *needles {
+                assert!(e.contains(n), "error for {text:?} lacks {n:?}: {e}");
+            }
+        }
+    }
+}

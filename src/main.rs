@@ -1,0 +1,269 @@
+//! meshdns: one authoritative DNS zone for the services of a whole fleet of Kubernetes
+//! clusters.
+//!
+//! Data flow (DESIGN.md): sources → catalog → zone view → DNS front end / ops HTTP.
+//! `main` parses the command line, loads the config (exit 2 on any error, before binding a
+//! socket), wires the parts together and owns shutdown.
+
+mod catalog;
+mod config;
+mod dns;
+mod metrics;
+mod model;
+mod ops;
+mod sources;
+mod zone;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+
+/// Authoritative DNS for the services of every cluster in a fleet.
+///
+/// meshdns watches the Kubernetes API of its own cluster and of every peer cluster (or YAML
+/// files), merges what it sees and serves one zone (default clusterset.local.) with the ready
+/// endpoint IPs of every service, per cluster and per endpoint. Point kube-dns (stubDomains)
+/// or CoreDNS (forward) at it for that zone.
+#[derive(Parser, Debug)]
+#[command(name = "meshdns", version, about, long_about)]
+struct Cli {
+    /// Log format on stderr. The level comes from RUST_LOG (default: info,hickory_server=warn),
+    /// e.g. RUST_LOG=meshdns=debug.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "MESHDNS_LOG_FORMAT")]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the zone over DNS (UDP and TCP) and the ops HTTP endpoints.
+    Serve {
+        /// The config file (YAML).
+        #[arg(long, short, env = "MESHDNS_CONFIG")]
+        config: PathBuf,
+        /// DNS address (UDP and TCP), overriding `listen.dns`. Port 0 picks a free port.
+        #[arg(long, value_name = "ADDR:PORT")]
+        dns_addr: Option<SocketAddr>,
+        /// Ops HTTP address (/metrics, /healthz, /readyz, /debug/*), overriding `listen.ops`.
+        #[arg(long, value_name = "ADDR:PORT")]
+        ops_addr: Option<SocketAddr>,
+    },
+    /// Validate the config and every file source; print a one-line summary.
+    /// Exit 0 when valid, 2 with the file, line and key of the first error.
+    Check {
+        #[arg(long, short, env = "MESHDNS_CONFIG")]
+        config: PathBuf,
+    },
+    /// Wait until every source has synced once, print the zone as an RFC 1035 master file.
+    Dump {
+        #[arg(long, short, env = "MESHDNS_CONFIG")]
+        config: PathBuf,
+        /// Give up (exit 1) if the sources have not synced after this long.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        // hickory logs every request at info: that is query logging, off by default.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Loads and validates the config and its file sources, or says why not.
+fn load(path: &std::path::Path) -> Result<(Config, usize), config::ConfigError> {
+    let config = Config::load(path)?;
+    let services = sources::check(&config)?;
+    Ok((config, services))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let (config_path, command) = match &cli.command {
+        Command::Serve { config, .. }
+        | Command::Check { config }
+        | Command::Dump { config, .. } => (config.clone(), &cli.command),
+    };
+    let (mut config, file_services) = match load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("Invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::Check { .. } = command {
+        println!(
+            "{}: valid: zone {}, {} clusters, {} services in file sources",
+            config_path.display(),
+            config.zone,
+            config.clusters.len(),
+            file_services
+        );
+        return ExitCode::SUCCESS;
+    }
+    // kube's TLS needs a process-wide crypto provider; install ours before anything builds one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match command {
+        Command::Serve {
+            dns_addr, ops_addr, ..
+        } => {
+            if let Some(a) = dns_addr {
+                config.listen.dns = *a;
+            }
+            if let Some(a) = ops_addr {
+                config.listen.ops = *a;
+            }
+            runtime.block_on(serve(config))
+        }
+        Command::Dump { timeout, .. } => runtime.block_on(dump(config, *timeout)),
+        Command::Check { .. } => ExitCode::SUCCESS,
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let catalog = Catalog::new(&config);
+    let reader = catalog.reader();
+    let metrics = metrics::Metrics::new(reader.clone());
+    let handler = dns::Handler::new(
+        reader.clone(),
+        config.allow.clone(),
+        config.max_udp_payload,
+        metrics.dns.clone(),
+    );
+
+    let (udp, tcp) = match dns::bind(config.listen.dns).await {
+        Ok(s) => s,
+        Err(e) => {
+            error!(addr = %config.listen.dns, error = %e, "cannot bind the DNS address");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ops_listener = match tokio::net::TcpListener::bind(config.listen.ops).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!(addr = %config.listen.ops, error = %e, "cannot bind the ops address");
+            return ExitCode::FAILURE;
+        }
+    };
+    let dns_addr = udp.local_addr().unwrap_or(config.listen.dns);
+    let ops_addr = ops_listener.local_addr().unwrap_or(config.listen.ops);
+
+    let stop = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    sources::spawn_all(&config, &catalog, &stop, &mut tasks);
+    let catalog_task = tokio::spawn(catalog.run());
+
+    let ops = Arc::new(ops::Ops {
+        catalog: reader,
+        metrics,
+        draining: AtomicBool::new(false),
+    });
+    tokio::spawn(ops::serve(ops_listener, ops.clone(), stop.clone()));
+    let mut server = dns::serve(handler, udp, tcp);
+    info!(
+        dns = %dns_addr,
+        ops = %ops_addr,
+        zone = %config.zone,
+        clusters = config.clusters.len(),
+        "meshdns listening"
+    );
+
+    tokio::select! {
+        _ = shutdown_signal() => info!("shutting down"),
+        _ = dns::wait(&mut server) => {}
+    }
+    ops.draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.cancel();
+    if let Err(e) = server.shutdown_gracefully().await {
+        error!(error = %e, "DNS listeners ended with an error");
+    }
+    while tasks.join_next().await.is_some() {}
+    let _ = catalog_task.await;
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        error!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn dump(config: Config, timeout: Duration) -> ExitCode {
+    let catalog = Catalog::new(&config);
+    let reader = catalog.reader();
+    let stop = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    sources::spawn_all(&config, &catalog, &stop, &mut tasks);
+    tokio::spawn(catalog.run());
+    let synced = tokio::time::timeout(timeout, reader.wait_for(|s| s.all_synced())).await;
+    stop.cancel();
+    match synced {
+        Ok(snap) => {
+            print!("{}", snap.zone.master_file());
+            ExitCode::SUCCESS
+        }
+        Err(_) => {
+            let snap = reader.load();
+            let waiting: Vec<&str> = snap
+                .clusters
+                .iter()
+                .filter(|c| !c.synced_once)
+                .map(|c| &*c.name)
+                .collect();
+            eprintln!(
+                "sources did not sync within {}: {}",
+                humantime::format_duration(timeout),
+                waiting.join(", ")
+            );
+            ExitCode::FAILURE
+        }
+    }
+}

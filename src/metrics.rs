@@ -1,0 +1,229 @@
+//! Prometheus metrics: one registry made in `main` and handed down.
+//!
+//! Query counters are updated on the request path. Everything about clusters and the catalog
+//! is read from the current snapshot at scrape time (a [`Collector`]), so it can never drift
+//! from what is served.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::catalog::{CatalogReader, unix_now};
+use crate::model::SourceState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueryLabels {
+    pub qtype: String,
+    pub rcode: String,
+    pub transport: &'static str,
+}
+
+/// The request-path metrics.
+#[derive(Debug)]
+pub struct DnsMetrics {
+    pub queries: Family<QueryLabels, Counter>,
+    pub latency: Histogram,
+    pub truncated: Counter,
+    pub refused_clients: Counter,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub dns: Arc<DnsMetrics>,
+}
+
+impl Metrics {
+    pub fn new(catalog: CatalogReader) -> Metrics {
+        let mut registry = Registry::default();
+        let dns = Arc::new(DnsMetrics {
+            queries: Family::default(),
+            // 10 µs … ~ 0.3 s
+            latency: Histogram::new(exponential_buckets(0.000_01, 2.0, 16)),
+            truncated: Counter::default(),
+            refused_clients: Counter::default(),
+        });
+        registry.register(
+            "meshdns_dns_queries",
+            "DNS queries answered, by query type, response code and transport",
+            dns.queries.clone(),
+        );
+        registry.register(
+            "meshdns_dns_request_duration_seconds",
+            "Time from a parsed request to its response handed to the socket",
+            dns.latency.clone(),
+        );
+        registry.register(
+            "meshdns_dns_truncated",
+            "UDP responses sent with TC=1 because they did not fit",
+            dns.truncated.clone(),
+        );
+        registry.register(
+            "meshdns_dns_refused_clients",
+            "Queries refused because the client is outside `allow`",
+            dns.refused_clients.clone(),
+        );
+        registry.register_collector(Box::new(CatalogCollector { catalog }));
+        Metrics { registry, dns }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            let _ = writeln!(out, "# encoding failed");
+        }
+        out
+    }
+}
+
+/// Per-cluster and catalog metrics, read from the snapshot at scrape time.
+struct CatalogCollector {
+    catalog: CatalogReader,
+}
+
+impl std::fmt::Debug for CatalogCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CatalogCollector")
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabel {
+    cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    cluster: String,
+    state: &'static str,
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (String, i64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (cluster, v) in values {
+        let labels = ClusterLabel { cluster };
+        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (String, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (cluster, v) in values {
+        let labels = ClusterLabel { cluster };
+        ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for CatalogCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snap = self.catalog.load();
+        let now = unix_now();
+        let clusters = &snap.clusters;
+        let name = |c: &crate::catalog::ClusterStatus| c.name.to_string();
+        gauge(
+            &mut encoder,
+            "meshdns_cluster_services",
+            "Services in a cluster's slice",
+            clusters.iter().map(|c| (name(c), c.slice.len() as i64)),
+        )?;
+        gauge(
+            &mut encoder,
+            "meshdns_cluster_endpoints",
+            "Ready (answered) endpoints in a cluster's slice",
+            clusters.iter().map(|c| (name(c), c.endpoints as i64)),
+        )?;
+        gauge(
+            &mut encoder,
+            "meshdns_cluster_seconds_since_change",
+            "Seconds since a cluster's data last changed (-1: never)",
+            clusters.iter().map(|c| {
+                let age = c
+                    .last_change_unix
+                    .map_or(-1, |t| now.saturating_sub(t) as i64);
+                (name(c), age)
+            }),
+        )?;
+        counter(
+            &mut encoder,
+            "meshdns_cluster_relists",
+            "Whole-slice replacements: initial lists, relists, file reloads",
+            clusters.iter().map(|c| (name(c), c.relists)),
+        )?;
+        counter(
+            &mut encoder,
+            "meshdns_cluster_rejected",
+            "Inputs rejected as invalid, keeping the last good slice (e.g. a broken file)",
+            clusters.iter().map(|c| (name(c), c.rejected)),
+        )?;
+        {
+            let mut m = encoder.encode_descriptor(
+                "meshdns_cluster_source_state",
+                "1 for the current state of a cluster's source",
+                None,
+                MetricType::Gauge,
+            )?;
+            for c in clusters {
+                for state in ["syncing", "synced", "stale", "expired"] {
+                    let labels = StateLabels {
+                        cluster: name(c),
+                        state,
+                    };
+                    let v = i64::from(c.state.name() == state);
+                    ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let stale = clusters
+            .iter()
+            .filter(|c| matches!(c.state, SourceState::Stale { .. }))
+            .count();
+        let mut m = encoder.encode_descriptor(
+            "meshdns_catalog_serial",
+            "SOA serial of the served snapshot",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(snap.serial())).encode(m)?;
+        m = encoder.encode_descriptor(
+            "meshdns_catalog_services",
+            "Services served (merged over clusters)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(snap.zone.services.len() as i64).encode(m)?;
+        m = encoder.encode_descriptor(
+            "meshdns_catalog_build_seconds",
+            "Time to build the served snapshot",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(snap.build_micros as f64 / 1e6).encode(m)?;
+        m = encoder.encode_descriptor(
+            "meshdns_catalog_stale_clusters",
+            "Clusters whose source is stale",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(stale as i64).encode(m)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,588 @@
+//! The zone view: pure functions from (snapshot, question) to an answer.
+//!
+//! [`ZoneData`] is the served half of a snapshot: per-service answer data ([`ServiceView`])
+//! in persistent maps, so the catalog patches it at the cost of what changed and every reader
+//! sees one consistent version. [`ZoneData::resolve`] answers a question; it never fails and
+//! never touches a socket, which is what the DNS front end, `dump` and the tests share.
+
+pub mod names;
+pub mod records;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+
+use crate::config::{Config, Nameserver};
+use crate::model::{ClusterId, ServiceKey};
+use names::{ReverseZone, Target};
+use records::{Addrs, ServiceView};
+
+/// What does not change between snapshots: the zone's names and timers.
+#[derive(Debug)]
+pub struct ZoneSettings {
+    pub origin: Name,
+    origin_lower: LowerName,
+    pub ttl: u32,
+    pub negative_ttl: u32,
+    pub nameservers: Vec<Nameserver>,
+    /// `hostmaster.<zone>`: the SOA RNAME.
+    pub rname: Name,
+    pub reverse: Vec<ReverseZone>,
+    /// Addresses of nameservers whose names are inside the zone (glue).
+    glue: HashMap<LowerName, Vec<IpAddr>>,
+    /// Answer order of clusters: the local cluster first, then config order.
+    pub cluster_order: Vec<ClusterId>,
+}
+
+impl ZoneSettings {
+    pub fn from_config(config: &Config) -> ZoneSettings {
+        let origin = config.zone.clone();
+        let origin_lower = LowerName::new(&origin);
+        let glue = config
+            .nameservers
+            .iter()
+            .filter(|ns| origin.zone_of(&ns.name))
+            .map(|ns| (LowerName::new(&ns.name), ns.addresses.clone()))
+            .collect();
+        let mut cluster_order: Vec<ClusterId> = Vec::new();
+        if let Some(local) = &config.local_cluster {
+            cluster_order.push(local.clone());
+        }
+        for c in &config.clusters {
+            if !cluster_order.contains(&c.name) {
+                cluster_order.push(c.name.clone());
+            }
+        }
+        let mut reverse: Vec<ReverseZone> = Vec::new();
+        for net in config.clusters.iter().flat_map(|c| &c.networks) {
+            for z in names::reverse_zones(*net) {
+                if !reverse.iter().any(|r| r.apex == z.apex) {
+                    reverse.push(z);
+                }
+            }
+        }
+        ZoneSettings {
+            rname: Name::from_ascii("hostmaster")
+                .and_then(|n| n.append_domain(&origin))
+                .unwrap_or_else(|_| origin.clone()),
+            origin,
+            origin_lower,
+            ttl: config.ttl,
+            negative_ttl: config.negative_ttl,
+            nameservers: config.nameservers.clone(),
+            reverse,
+            glue,
+            cluster_order,
+        }
+    }
+
+    fn reverse_zone_of(&self, name: &LowerName) -> Option<&ReverseZone> {
+        self.reverse.iter().find(|z| z.apex.zone_of(name))
+    }
+}
+
+/// The answer to one question, before it becomes a message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    pub rcode: ResponseCode,
+    /// Set for every name inside our zones, i.e. everything but REFUSED.
+    pub authoritative: bool,
+    pub answers: Vec<Record>,
+    pub authority: Vec<Record>,
+    pub additionals: Vec<Record>,
+}
+
+impl Answer {
+    fn refused() -> Answer {
+        Answer {
+            rcode: ResponseCode::Refused,
+            authoritative: false,
+            answers: Vec::new(),
+            authority: Vec::new(),
+            additionals: Vec::new(),
+        }
+    }
+
+    fn records(answers: Vec<Record>) -> Answer {
+        Answer {
+            rcode: ResponseCode::NoError,
+            authoritative: true,
+            answers,
+            authority: Vec::new(),
+            additionals: Vec::new(),
+        }
+    }
+}
+
+/// The served data of one snapshot.
+#[derive(Clone, Debug)]
+pub struct ZoneData {
+    pub settings: Arc<ZoneSettings>,
+    pub serial: u32,
+    pub services: imbl::HashMap<ServiceKey, Arc<ServiceView>>,
+    /// Namespace → number of services in it (a namespace exists while it has one).
+    pub namespaces: imbl::HashMap<Arc<str>, usize>,
+    /// Address → the names of the endpoints that have it, for PTR.
+    pub ptr: imbl::HashMap<IpAddr, Arc<Vec<Name>>>,
+}
+
+/// A negative or positive answer kind, before records are attached.
+enum Found<'a> {
+    Addrs(&'a Addrs),
+    NoData,
+    NxDomain,
+}
+
+impl ZoneData {
+    pub fn new(settings: Arc<ZoneSettings>, serial: u32) -> ZoneData {
+        ZoneData {
+            settings,
+            serial,
+            services: imbl::HashMap::new(),
+            namespaces: imbl::HashMap::new(),
+            ptr: imbl::HashMap::new(),
+        }
+    }
+
+    /// Replaces what the zone serves for `key` (`None`: the service is gone everywhere),
+    /// keeping the namespace and PTR indexes in step.
+    pub fn set_service(&mut self, key: &ServiceKey, view: Option<Arc<ServiceView>>) {
+        let old = match &view {
+            Some(v) => self.services.insert(key.clone(), v.clone()),
+            None => self.services.remove(key),
+        };
+        match (&old, &view) {
+            (None, Some(_)) => *self.namespaces.entry(key.namespace.clone()).or_insert(0) += 1,
+            (Some(_), None) => {
+                let n = self.namespaces.get(&key.namespace).copied().unwrap_or(1);
+                if n <= 1 {
+                    self.namespaces.remove(&key.namespace);
+                } else {
+                    self.namespaces.insert(key.namespace.clone(), n - 1);
+                }
+            }
+            _ => {}
+        }
+        if self.settings.reverse.is_empty() {
+            return;
+        }
+        if let Some(old) = &old {
+            for (ip, name) in self.ptr_names(old) {
+                let Some(names) = self.ptr.get(&ip) else {
+                    continue;
+                };
+                let rest: Vec<Name> = names.iter().filter(|n| **n != name).cloned().collect();
+                if rest.is_empty() {
+                    self.ptr.remove(&ip);
+                } else {
+                    self.ptr.insert(ip, Arc::new(rest));
+                }
+            }
+        }
+        if let Some(new) = &view {
+            for (ip, name) in self.ptr_names(new) {
+                let mut names: Vec<Name> =
+                    self.ptr.get(&ip).map(|n| (**n).clone()).unwrap_or_default();
+                if !names.contains(&name) {
+                    names.push(name);
+                    names.sort();
+                }
+                self.ptr.insert(ip, Arc::new(names));
+            }
+        }
+    }
+
+    /// (address, endpoint name) for every endpoint of `view` inside a reverse zone.
+    fn ptr_names(&self, view: &ServiceView) -> Vec<(IpAddr, Name)> {
+        let mut out = Vec::new();
+        for part in &view.clusters {
+            for (label, addrs) in &part.endpoints {
+                for ip in addrs.iter() {
+                    if self.settings.reverse.iter().any(|z| z.net.contains(&ip))
+                        && let Some(name) = self.endpoint_name(&view.key, &part.cluster, label)
+                    {
+                        out.push((ip, name));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// `<label>.<cluster>.<svc>.<ns>.svc.<zone>`
+    pub fn endpoint_name(&self, key: &ServiceKey, cluster: &str, label: &str) -> Option<Name> {
+        Name::from_labels([
+            label.as_bytes(),
+            cluster.as_bytes(),
+            key.name.as_bytes(),
+            key.namespace.as_bytes(),
+            b"svc",
+        ])
+        .and_then(|n| n.append_domain(&self.settings.origin))
+        .ok()
+    }
+
+    /// `<svc>.<ns>.svc.<zone>`
+    pub fn service_name(&self, key: &ServiceKey) -> Option<Name> {
+        Name::from_labels([key.name.as_bytes(), key.namespace.as_bytes(), b"svc"])
+            .and_then(|n| n.append_domain(&self.settings.origin))
+            .ok()
+    }
+
+    fn soa(&self, apex: &Name, ttl: u32) -> Record {
+        let s = &self.settings;
+        let mname = s
+            .nameservers
+            .first()
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| s.origin.clone());
+        let soa = SOA::new(
+            mname,
+            s.rname.clone(),
+            self.serial,
+            300,
+            60,
+            86400,
+            s.negative_ttl,
+        );
+        Record::from_rdata(apex.clone(), ttl, RData::SOA(soa))
+    }
+
+    fn ns_records(&self, apex: &Name) -> Vec<Record> {
+        self.settings
+            .nameservers
+            .iter()
+            .map(|ns| {
+                Record::from_rdata(
+                    apex.clone(),
+                    self.settings.ttl,
+                    RData::NS(NS(ns.name.clone())),
+                )
+            })
+            .collect()
+    }
+
+    fn glue_records(&self) -> Vec<Record> {
+        let mut out = Vec::new();
+        for ns in &self.settings.nameservers {
+            if let Some(addrs) = self.settings.glue.get(&LowerName::new(&ns.name)) {
+                for ip in addrs {
+                    out.push(addr_record(&ns.name, self.settings.ttl, *ip));
+                }
+            }
+        }
+        out
+    }
+
+    fn negative(&self, apex: &Name, rcode: ResponseCode) -> Answer {
+        Answer {
+            rcode,
+            authoritative: true,
+            answers: Vec::new(),
+            authority: vec![self.soa(apex, self.settings.negative_ttl)],
+            additionals: Vec::new(),
+        }
+    }
+
+    /// Answers `qtype` for `qname`. `qname` is used as asked for the owner of the answer
+    /// records, so the answer matches the question's letter case.
+    pub fn resolve(&self, qname: &Name, qtype: RecordType) -> Answer {
+        let lower = LowerName::new(qname);
+        let s = &self.settings;
+        if s.origin_lower.zone_of(&lower) {
+            self.resolve_forward(qname, &lower, qtype)
+        } else if let Some(zone) = s.reverse_zone_of(&lower) {
+            self.resolve_reverse(zone, qname, &lower, qtype)
+        } else {
+            Answer::refused()
+        }
+    }
+
+    fn resolve_forward(&self, qname: &Name, lower: &LowerName, qtype: RecordType) -> Answer {
+        let origin = &self.settings.origin;
+        if let Some(addrs) = self.settings.glue.get(lower) {
+            let addrs = addrs.iter().fold(Addrs::default(), |mut a, ip| {
+                a.push(*ip);
+                a
+            });
+            let recs = addr_records(qname, self.settings.ttl, &addrs, Family::of(qtype, &addrs));
+            return self.positive_or_nodata(origin, recs);
+        }
+        let found = match names::parse(&self.settings.origin_lower, lower) {
+            Target::Apex => return self.apex(qname, origin, qtype),
+            Target::Ent => Found::NoData,
+            Target::Namespace(ns) => {
+                if self.namespaces.contains_key(ns) {
+                    Found::NoData
+                } else {
+                    Found::NxDomain
+                }
+            }
+            Target::Service { ns, svc } => match self.services.get(&ServiceKey::new(ns, svc)) {
+                None => Found::NxDomain,
+                Some(view) => match &view.external_name {
+                    Some(target) => {
+                        let cname = RData::CNAME(CNAME(target.clone()));
+                        let rec = Record::from_rdata(qname.clone(), self.settings.ttl, cname);
+                        return Answer::records(vec![rec]);
+                    }
+                    None => Found::Addrs(&view.addrs),
+                },
+            },
+            Target::Cluster { ns, svc, cluster } => self
+                .services
+                .get(&ServiceKey::new(ns, svc))
+                .and_then(|v| v.cluster(cluster))
+                .map_or(Found::NxDomain, |p| Found::Addrs(&p.addrs)),
+            Target::Endpoint {
+                ns,
+                svc,
+                cluster,
+                host,
+            } => self
+                .services
+                .get(&ServiceKey::new(ns, svc))
+                .and_then(|v| v.cluster(cluster))
+                .and_then(|p| p.endpoints.get(host))
+                .map_or(Found::NxDomain, Found::Addrs),
+            Target::SrvProto { ns, svc, proto } => {
+                match self.services.get(&ServiceKey::new(ns, svc)) {
+                    Some(v) if v.srv.iter().any(|s| s.proto == proto) => Found::NoData,
+                    _ => Found::NxDomain,
+                }
+            }
+            Target::Srv {
+                ns,
+                svc,
+                port,
+                proto,
+            } => {
+                let Some(view) = self.services.get(&ServiceKey::new(ns, svc)) else {
+                    return self.negative(origin, ResponseCode::NXDomain);
+                };
+                let Some(set) = view
+                    .srv
+                    .iter()
+                    .find(|s| &*s.name == port && s.proto == proto)
+                else {
+                    return self.negative(origin, ResponseCode::NXDomain);
+                };
+                if !matches!(qtype, RecordType::SRV | RecordType::ANY) || set.targets.is_empty() {
+                    return self.negative(origin, ResponseCode::NoError);
+                }
+                return self.srv_answer(qname, view, set);
+            }
+            Target::None => Found::NxDomain,
+        };
+        match found {
+            Found::NxDomain => self.negative(origin, ResponseCode::NXDomain),
+            Found::NoData => self.negative(origin, ResponseCode::NoError),
+            Found::Addrs(addrs) => {
+                let recs = addr_records(qname, self.settings.ttl, addrs, Family::of(qtype, addrs));
+                self.positive_or_nodata(origin, recs)
+            }
+        }
+    }
+
+    fn positive_or_nodata(&self, apex: &Name, recs: Vec<Record>) -> Answer {
+        if recs.is_empty() {
+            self.negative(apex, ResponseCode::NoError)
+        } else {
+            Answer::records(recs)
+        }
+    }
+
+    fn apex(&self, qname: &Name, apex: &Name, qtype: RecordType) -> Answer {
+        match qtype {
+            // RFC 8482: ANY gets one RRset, the smallest useful one.
+            RecordType::SOA | RecordType::ANY => {
+                let mut soa = self.soa(apex, self.settings.ttl);
+                soa.name = qname.clone();
+                Answer::records(vec![soa])
+            }
+            RecordType::NS => {
+                let mut a = Answer::records(
+                    self.ns_records(apex)
+                        .into_iter()
+                        .map(|mut r| {
+                            r.name = qname.clone();
+                            r
+                        })
+                        .collect(),
+                );
+                a.additionals = self.glue_records();
+                a
+            }
+            _ => self.negative(apex, ResponseCode::NoError),
+        }
+    }
+
+    fn srv_answer(&self, qname: &Name, view: &ServiceView, set: &records::SrvSet) -> Answer {
+        let ttl = self.settings.ttl;
+        let mut answers = Vec::with_capacity(set.targets.len());
+        let mut additionals = Vec::with_capacity(set.targets.len());
+        for (idx, label, port) in &set.targets {
+            let Some(part) = view.clusters.get(*idx) else {
+                continue;
+            };
+            let Some(target) = self.endpoint_name(&view.key, &part.cluster, label) else {
+                continue;
+            };
+            // Priority 0, equal weights: locality tiers come with the locality work.
+            let srv = SRV::new(0, 1, *port, target.clone());
+            answers.push(Record::from_rdata(qname.clone(), ttl, RData::SRV(srv)));
+            if let Some(addrs) = part.endpoints.get(label) {
+                additionals.extend(addrs.iter().map(|ip| addr_record(&target, ttl, ip)));
+            }
+        }
+        let mut a = Answer::records(answers);
+        a.additionals = additionals;
+        a
+    }
+
+    fn resolve_reverse(
+        &self,
+        zone: &ReverseZone,
+        qname: &Name,
+        lower: &LowerName,
+        qtype: RecordType,
+    ) -> Answer {
+        let apex = Name::from(&zone.apex);
+        if *lower == zone.apex {
+            return self.apex(qname, &apex, qtype);
+        }
+        let Some(ip) = names::reverse_addr(lower) else {
+            // A partial reverse name may have addresses below it: an empty non-terminal,
+            // never NXDOMAIN (RFC 8020 would let resolvers deny the whole subtree).
+            return self.negative(&apex, ResponseCode::NoError);
+        };
+        match self.ptr.get(&ip) {
+            None => self.negative(&apex, ResponseCode::NXDomain),
+            Some(_) if !matches!(qtype, RecordType::PTR | RecordType::ANY) => {
+                self.negative(&apex, ResponseCode::NoError)
+            }
+            Some(names) => Answer::records(
+                names
+                    .iter()
+                    .map(|n| {
+                        Record::from_rdata(
+                            qname.clone(),
+                            self.settings.ttl,
+                            RData::PTR(PTR(n.clone())),
+                        )
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The forward zone as an RFC 1035 master file: SOA first, then every name in order.
+    /// These are exactly the records [`ZoneData::resolve`] answers with.
+    pub fn master_file(&self) -> String {
+        let mut out = String::new();
+        let origin = &self.settings.origin;
+        let ttl = self.settings.ttl;
+        let mut recs = vec![self.soa(origin, ttl)];
+        recs.extend(self.ns_records(origin));
+        recs.extend(self.glue_records());
+        let mut keys: Vec<&ServiceKey> = self.services.keys().collect();
+        keys.sort();
+        for key in keys {
+            let Some(view) = self.services.get(key) else {
+                continue;
+            };
+            let Some(name) = self.service_name(key) else {
+                continue;
+            };
+            if let Some(target) = &view.external_name {
+                recs.push(Record::from_rdata(
+                    name,
+                    ttl,
+                    RData::CNAME(CNAME(target.clone())),
+                ));
+                continue;
+            }
+            recs.extend(addr_records(&name, ttl, &view.addrs, Some(Family::Both)));
+            for set in &view.srv {
+                let Ok(srv_name) = Name::from_labels([
+                    format!("_{}", set.name).as_bytes(),
+                    format!("_{}", set.proto.label()).as_bytes(),
+                ])
+                .and_then(|n| n.append_domain(&name)) else {
+                    continue;
+                };
+                recs.extend(self.srv_answer(&srv_name, view, set).answers);
+            }
+            for part in &view.clusters {
+                let Ok(cname) = name.prepend_label(part.cluster.as_bytes()) else {
+                    continue;
+                };
+                recs.extend(addr_records(&cname, ttl, &part.addrs, Some(Family::Both)));
+                for (label, addrs) in &part.endpoints {
+                    if let Ok(ename) = cname.prepend_label(label.as_bytes()) {
+                        recs.extend(addr_records(&ename, ttl, addrs, Some(Family::Both)));
+                    }
+                }
+            }
+        }
+        for r in recs {
+            let _ = writeln!(out, "{r}");
+        }
+        out
+    }
+}
+
+/// Which address families an answer carries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+    /// Both: only the master file lists every address of a name.
+    Both,
+}
+
+impl Family {
+    /// The family that answers `qtype` from `addrs`; ANY answers one family (RFC 8482): IPv4
+    /// when there is any, else IPv6.
+    fn of(qtype: RecordType, addrs: &Addrs) -> Option<Family> {
+        match qtype {
+            RecordType::A => Some(Family::V4),
+            RecordType::AAAA => Some(Family::V6),
+            RecordType::ANY if !addrs.v4.is_empty() => Some(Family::V4),
+            RecordType::ANY => Some(Family::V6),
+            _ => None,
+        }
+    }
+
+    fn has(self, ip: &IpAddr) -> bool {
+        matches!(
+            (self, ip),
+            (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_)) | (Family::Both, _)
+        )
+    }
+}
+
+fn addr_record(name: &Name, ttl: u32, ip: IpAddr) -> Record {
+    let data = match ip {
+        IpAddr::V4(a) => RData::A(A(a)),
+        IpAddr::V6(a) => RData::AAAA(AAAA(a)),
+    };
+    Record::from_rdata(name.clone(), ttl, data)
+}
+
+/// The address records of `addrs` in `family`.
+fn addr_records(name: &Name, ttl: u32, addrs: &Addrs, family: Option<Family>) -> Vec<Record> {
+    let Some(family) = family else {
+        return Vec::new();
+    };
+    addrs
+        .iter()
+        .filter(|ip| family.has(ip))
+        .map(|ip| addr_record(name, ttl, ip))
+        .collect()
+}
