@@ -72,6 +72,8 @@ impl SourceHandle {
 #[derive(Clone, Debug)]
 pub struct ClusterStatus {
     pub name: ClusterId,
+    pub region: Option<String>,
+    pub zones: Vec<String>,
     pub state: SourceState,
     /// Has this cluster's source delivered a complete slice at least once?
     pub synced_once: bool,
@@ -153,8 +155,11 @@ impl Catalog {
         let clusters: Vec<ClusterStatus> = settings
             .cluster_order
             .iter()
-            .map(|name| ClusterStatus {
-                name: name.clone(),
+            .filter_map(|name| config.clusters.iter().find(|c| c.name == *name))
+            .map(|c| ClusterStatus {
+                name: c.name.clone(),
+                region: c.region.clone(),
+                zones: c.zones.clone(),
                 state: SourceState::Syncing,
                 synced_once: false,
                 slice: Slice::new(),

@@ -22,7 +22,6 @@ pub const DEFAULT_ZONE: &str = "clusterset.local.";
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub path: PathBuf,
     pub zone: Name,
     pub listen: Listen,
     /// Record TTL, seconds.
@@ -374,7 +373,6 @@ impl Config {
         };
 
         Ok(Config {
-            path: path.to_owned(),
             zone,
             listen: Listen {
                 dns: raw
@@ -396,10 +394,6 @@ impl Config {
             coalesce,
             expire_after: raw.expire_after.map(|d| d.0),
         })
-    }
-
-    pub fn cluster(&self, name: &str) -> Option<&ClusterConfig> {
-        self.clusters.iter().find(|c| &*c.name == name)
     }
 }
 

@@ -176,7 +176,7 @@ impl Handler {
             .queries
             .get_or_create(&QueryLabels {
                 qtype,
-                rcode: info.response_code.to_str().to_string(),
+                rcode: rcode_name(info.response_code),
                 transport,
             })
             .inc();
@@ -186,6 +186,20 @@ impl Handler {
         self.metrics
             .latency
             .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// The RFC mnemonic of a response code, as dig prints it.
+fn rcode_name(rcode: ResponseCode) -> String {
+    match rcode {
+        ResponseCode::NoError => "NOERROR".into(),
+        ResponseCode::FormErr => "FORMERR".into(),
+        ResponseCode::ServFail => "SERVFAIL".into(),
+        ResponseCode::NXDomain => "NXDOMAIN".into(),
+        ResponseCode::NotImp => "NOTIMP".into(),
+        ResponseCode::Refused => "REFUSED".into(),
+        ResponseCode::BADVERS => "BADVERS".into(),
+        other => u16::from(other).to_string(),
     }
 }
 

@@ -148,6 +148,8 @@ pub fn catalog_json(snap: &Snapshot) -> serde_json::Value {
             };
             json!({
                 "name": &*c.name,
+                "region": c.region,
+                "zones": c.zones,
                 "state": c.state.name(),
                 "stale_since_unix": stale_since,
                 "synced_once": c.synced_once,

@@ -28,14 +28,6 @@ impl Addrs {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.v4.is_empty() && self.v6.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.v4.len() + self.v6.len()
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.v4
             .iter()
@@ -160,10 +152,6 @@ impl ServiceView {
     pub fn cluster(&self, name: &str) -> Option<&ClusterPart> {
         self.clusters.iter().find(|c| &*c.cluster == name)
     }
-
-    pub fn endpoint_count(&self) -> usize {
-        self.clusters.iter().map(|c| c.endpoints.len()).sum()
-    }
 }
 
 #[cfg(test)]
@@ -220,7 +208,6 @@ mod tests {
         // One SRV set, for the named port only, one target per ready endpoint.
         assert_eq!(v.srv.len(), 1);
         assert_eq!(v.srv[0].targets.len(), 4);
-        assert_eq!(v.endpoint_count(), 4);
     }
 
     #[test]

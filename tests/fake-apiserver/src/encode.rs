@@ -65,7 +65,10 @@ pub(crate) fn list_body<'a>(
     items: impl Iterator<Item = &'a Value>,
 ) -> Vec<u8> {
     let (kind, api_version) = match view {
-        View::Metadata => ("PartialObjectMetadataList".to_string(), "meta.k8s.io/v1".to_string()),
+        View::Metadata => (
+            "PartialObjectMetadataList".to_string(),
+            "meta.k8s.io/v1".to_string(),
+        ),
         _ => (def.list_kind(), def.api_version()),
     };
     let item_view = view.for_list_item(def);
@@ -99,7 +102,10 @@ pub(crate) fn event_line(out: &mut Vec<u8>, event_type: &str, object: &Value, vi
 /// The object of a BOOKMARK event.
 pub(crate) fn bookmark(def: &ResourceDef, view: View, rv: u64, initial_events_end: bool) -> Value {
     let (kind, api_version) = match view {
-        View::Metadata => ("PartialObjectMetadata".to_string(), "meta.k8s.io/v1".to_string()),
+        View::Metadata => (
+            "PartialObjectMetadata".to_string(),
+            "meta.k8s.io/v1".to_string(),
+        ),
         _ => (def.kind.to_string(), def.api_version()),
     };
     let mut metadata = json!({"resourceVersion": rv.to_string()});

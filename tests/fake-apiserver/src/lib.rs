@@ -232,14 +232,27 @@ current-context: {name}
 
     /// Delete an object; emits DELETED carrying the last state and a new
     /// resourceVersion. Returns whether it existed.
-    pub fn delete(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> bool {
+    pub fn delete(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> bool {
         let resource = resource_by_kind(api_version, kind);
         let key = object_key(resource, namespace, name);
-        self.inner.write(|store| store.remove(resource, &key).is_some())
+        self.inner
+            .write(|store| store.remove(resource, &key).is_some())
     }
 
     /// The stored object, with `apiVersion` and `kind`.
-    pub fn get(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+    pub fn get(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<Value> {
         let resource = resource_by_kind(api_version, kind);
         let key = object_key(resource, namespace, name);
         self.inner
@@ -308,7 +321,8 @@ current-context: {name}
         let (group, version) = resources::split_group_version(group_version);
         let resource = resources::by_plural(group, version, plural)
             .unwrap_or_else(|| panic!("fake apiserver: unknown resource {group_version} {plural}"));
-        self.inner.write(|store| store.installed[resource] = installed);
+        self.inner
+            .write(|store| store.installed[resource] = installed);
     }
 
     pub fn stats(&self) -> Stats {

@@ -88,10 +88,22 @@ pub(crate) const RESOURCES: &[ResourceDef] = &[
     res("", "v1", "Service", "services", true).fields(&["spec.clusterIP", "spec.type"]),
     res("", "v1", "Secret", "secrets", true).fields(&["type"]),
     res("", "v1", "Pod", "pods", true).fields(&["spec.nodeName", "status.phase", "status.podIP"]),
-    res("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", true),
+    res(
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+        true,
+    ),
     res("coordination.k8s.io", "v1", "Lease", "leases", true),
-    res("multicluster.x-k8s.io", "v1alpha1", "ServiceExport", "serviceexports", true)
-        .crd_not_installed(),
+    res(
+        "multicluster.x-k8s.io",
+        "v1alpha1",
+        "ServiceExport",
+        "serviceexports",
+        true,
+    )
+    .crd_not_installed(),
 ];
 
 /// Verbs advertised in discovery for every resource.

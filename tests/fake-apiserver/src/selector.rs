@@ -134,7 +134,9 @@ impl LabelSelector {
 
     /// Does an object with these `metadata.labels` match?
     pub fn matches(&self, object: &Value) -> bool {
-        let labels = object.pointer("/metadata/labels").and_then(Value::as_object);
+        let labels = object
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object);
         let label = |key: &str| labels.and_then(|l| l.get(key)).and_then(Value::as_str);
         self.reqs.iter().all(|req| {
             let value = label(&req.key);
@@ -181,12 +183,11 @@ impl FieldSelector {
             if term.is_empty() {
                 continue;
             }
-            let (field, equal, raw) = split_field_term(term)
-                .ok_or_else(|| format!("invalid selector: '{selector}'; can't understand '{term}'"))?;
+            let (field, equal, raw) = split_field_term(term).ok_or_else(|| {
+                format!("invalid selector: '{selector}'; can't understand '{term}'")
+            })?;
             if !def.supports_field(field) {
-                return Err(format!(
-                    "field label not supported: {field}"
-                ));
+                return Err(format!("field label not supported: {field}"));
             }
             reqs.push(FieldReq {
                 field: field.to_string(),
@@ -257,8 +258,8 @@ fn split_field_term(term: &str) -> Option<(&str, bool, &str)> {
         }
         let rest = &term[i..];
         for (op, equal) in [("!=", false), ("==", true), ("=", true)] {
-            if rest.starts_with(op) {
-                return Some((&term[..i], equal, &rest[op.len()..]));
+            if let Some(value) = rest.strip_prefix(op) {
+                return Some((&term[..i], equal, value));
             }
         }
     }
@@ -275,7 +276,11 @@ fn unescape_field_value(raw: &str) -> Result<String, String> {
         }
         match chars.next() {
             Some(e @ ('\\' | ',' | '=')) => out.push(e),
-            _ => return Err(format!("invalid escape sequence in field selector value {raw:?}")),
+            _ => {
+                return Err(format!(
+                    "invalid escape sequence in field selector value {raw:?}"
+                ));
+            }
         }
     }
     Ok(out)
@@ -363,7 +368,8 @@ mod tests {
     #[test]
     fn field_selectors() {
         let services = &RESOURCES[1];
-        let o = json!({"metadata": {"name": "a,b", "namespace": "ns1"}, "spec": {"type": "ClusterIP"}});
+        let o =
+            json!({"metadata": {"name": "a,b", "namespace": "ns1"}, "spec": {"type": "ClusterIP"}});
         let f = |s: &str| FieldSelector::parse(s, services).unwrap();
         assert!(f("metadata.name=a\\,b").matches(&o));
         assert!(f("metadata.namespace==ns1,metadata.name!=x").matches(&o));

@@ -48,6 +48,8 @@ pub(crate) enum WriteError {
     AlreadyExists,
     NotFound,
     Conflict(String),
+    /// The result would not be a valid object (e.g. a bad patch).
+    Invalid(String),
 }
 
 /// How many events an open watch may fall behind before its stream is ended.
@@ -140,7 +142,11 @@ impl Store {
         let current = self.objects[resource]
             .get(&key)
             .ok_or(WriteError::NotFound)?;
-        check_preconditions(current, meta_str(&obj, "resourceVersion"), meta_str(&obj, "uid"))?;
+        check_preconditions(
+            current,
+            meta_str(&obj, "resourceVersion"),
+            meta_str(&obj, "uid"),
+        )?;
         Ok(self.write(resource, key, obj))
     }
 
@@ -279,7 +285,11 @@ impl Store {
     /// Record how far a watch has read, releasing history nobody needs any more.
     pub fn advance_watch(&mut self, id: u64, cursor: u64) {
         self.watch_cursors.insert(id, cursor);
-        if self.history.front().is_some_and(|e| e.rv <= self.compacted_rv) {
+        if self
+            .history
+            .front()
+            .is_some_and(|e| e.rv <= self.compacted_rv)
+        {
             self.prune();
         }
     }
@@ -355,12 +365,12 @@ fn check_preconditions(
             )));
         }
     }
-    if let Some(rv) = rv.filter(|r| !r.is_empty()) {
-        if Some(rv) != meta_str(current, "resourceVersion") {
-            return Err(WriteError::Conflict(
-                "the object has been modified; please apply your changes to the latest version and try again".into(),
-            ));
-        }
+    if let Some(rv) = rv.filter(|r| !r.is_empty())
+        && Some(rv) != meta_str(current, "resourceVersion")
+    {
+        return Err(WriteError::Conflict(
+            "the object has been modified; please apply your changes to the latest version and try again".into(),
+        ));
     }
     Ok(())
 }
@@ -425,7 +435,10 @@ mod tests {
         let then = store.snapshot(res, None, at);
         let names: Vec<_> = then.keys().map(|k| k.1.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
-        assert_eq!(then[&("ns".into(), "a".into())]["spec"]["ports"][0]["port"], 1);
+        assert_eq!(
+            then[&("ns".into(), "a".into())]["spec"]["ports"][0]["port"],
+            1
+        );
         let now = store.snapshot(res, Some("ns"), store.rv);
         let names: Vec<_> = now.keys().map(|k| k.1.as_str()).collect();
         assert_eq!(names, ["a", "c"]);
@@ -438,7 +451,10 @@ mod tests {
         let first = store.put(res, svc("a", 1));
         let second = store.put(res, svc("a", 2));
         assert_eq!(first["metadata"]["uid"], second["metadata"]["uid"]);
-        assert_ne!(first["metadata"]["resourceVersion"], second["metadata"]["resourceVersion"]);
+        assert_ne!(
+            first["metadata"]["resourceVersion"],
+            second["metadata"]["resourceVersion"]
+        );
         let ts = first["metadata"]["creationTimestamp"].as_str().unwrap();
         assert_eq!(ts.len(), 20, "{ts}");
         assert!(ts.starts_with("20"), "{ts}");
@@ -466,8 +482,14 @@ mod tests {
         store.put(res, svc("a", 2));
         store.put(res, svc("a", 3));
         store.compact();
-        assert!(!store.is_available(store.rv - 1), "new requests see the compaction");
-        assert!(store.has_events_after(store.rv - 2), "the open watch still can read");
+        assert!(
+            !store.is_available(store.rv - 1),
+            "new requests see the compaction"
+        );
+        assert!(
+            store.has_events_after(store.rv - 2),
+            "the open watch still can read"
+        );
         store.advance_watch(watch, store.rv);
         assert!(store.history.is_empty());
         store.put(res, svc("a", 4));
