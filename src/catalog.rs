@@ -30,13 +30,14 @@ pub enum Update {
     Replace(Slice),
     /// Some services changed (`None`: deleted), e.g. one watch event.
     Patch(Vec<(ServiceKey, Option<Arc<Service>>)>),
-    /// The source's connection state changed; `error` says why, for operators.
-    State {
-        state: SourceState,
-        error: Option<String>,
-    },
+    /// The source's connection state changed.
+    State(SourceState),
+    /// A failure talking to the source (counted; shown as the last error).
+    Error(String),
     /// The source could not use new input (e.g. an invalid file) and keeps its last slice.
     Rejected(String),
+    /// One malformed object (or part of one) was skipped; the rest serves.
+    Skipped(String),
 }
 
 #[derive(Debug)]
@@ -53,10 +54,6 @@ pub struct SourceHandle {
 }
 
 impl SourceHandle {
-    pub fn cluster(&self) -> &ClusterId {
-        &self.cluster
-    }
-
     /// Sends an update; false when the catalog is gone (shutting down).
     pub fn send(&self, update: Update) -> bool {
         self.tx
@@ -86,6 +83,10 @@ pub struct ClusterStatus {
     pub rejected: u64,
     /// Whole-slice replacements (initial lists, relists, reloads), ever.
     pub relists: u64,
+    /// Failures talking to the source (watch errors, unreachable API server), ever.
+    pub errors: u64,
+    /// Malformed objects (or parts of objects) skipped, ever.
+    pub skipped: u64,
 }
 
 /// One immutable version of everything served.
@@ -108,6 +109,7 @@ impl Snapshot {
         self.clusters.iter().all(|c| c.synced_once)
     }
 
+    #[cfg(test)]
     pub fn cluster(&self, name: &str) -> Option<&ClusterStatus> {
         self.clusters.iter().find(|c| &*c.name == name)
     }
@@ -168,6 +170,8 @@ impl Catalog {
                 last_error: None,
                 rejected: 0,
                 relists: 0,
+                errors: 0,
+                skipped: 0,
             })
             .collect();
         let snapshot = Snapshot {
@@ -371,21 +375,32 @@ fn apply(
             }
             c.endpoints = count_endpoints(&c.slice);
         }
-        Update::State { state, error } => {
-            if c.state != state {
-                pending.status = true;
-            }
-            // Expired data was dropped; only a new Replace brings it back.
-            if c.state == SourceState::Expired && state != SourceState::Synced {
-                c.last_error = error;
+        Update::State(state) => {
+            // Expired data was dropped: only a whole new slice brings the cluster back. A
+            // cluster without data yet is syncing, not stale.
+            let stale = matches!(state, SourceState::Stale { .. });
+            if c.state == SourceState::Expired || c.state == state || (stale && !c.synced_once) {
                 return;
             }
+            if state == SourceState::Synced {
+                c.last_error = None;
+            }
             c.state = state;
-            c.last_error = error;
+            pending.status = true;
+        }
+        Update::Error(error) => {
+            c.errors += 1;
+            c.last_error = Some(error);
+            pending.status = true;
         }
         Update::Rejected(error) => {
             c.rejected += 1;
             c.last_error = Some(error);
+            pending.status = true;
+        }
+        Update::Skipped(reason) => {
+            c.skipped += 1;
+            c.last_error = Some(reason);
             pending.status = true;
         }
     }

@@ -39,6 +39,8 @@ pub struct Config {
     pub coalesce: Duration,
     /// How long a stale source's data is kept; `None` = forever.
     pub expire_after: Option<Duration>,
+    /// Ready once every cluster has synced, or after this long whatever the rest does.
+    pub ready_timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,6 +81,11 @@ pub struct KubeSourceConfig {
     pub label_selector: Option<String>,
     #[serde(default)]
     pub export: Export,
+    /// Use streaming lists (WatchList: `sendInitialEvents`) instead of LIST + WATCH for the
+    /// initial sync and relists. Only where the API servers offer them (Kubernetes ≥ 1.32 with
+    /// the WatchList feature enabled); otherwise the first sync never completes.
+    #[serde(default)]
+    pub streaming_lists: bool,
 }
 
 /// Which services a Kubernetes source publishes.
@@ -158,6 +165,8 @@ struct RawConfig {
     coalesce: Option<Spanned<HumanDuration>>,
     #[serde(default)]
     expire_after: Option<HumanDuration>,
+    #[serde(default)]
+    ready_timeout: Option<HumanDuration>,
 }
 
 #[derive(Default, Deserialize)]
@@ -393,6 +402,9 @@ impl Config {
             max_udp_payload,
             coalesce,
             expire_after: raw.expire_after.map(|d| d.0),
+            ready_timeout: raw
+                .ready_timeout
+                .map_or(Duration::from_secs(30), |d| d.0),
         })
     }
 }

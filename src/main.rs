@@ -195,6 +195,8 @@ async fn serve(config: Config) -> ExitCode {
         catalog: reader,
         metrics,
         draining: AtomicBool::new(false),
+        started: std::time::Instant::now(),
+        ready_timeout: config.ready_timeout,
     });
     tokio::spawn(ops::serve(ops_listener, ops.clone(), stop.clone()));
     let mut server = dns::serve(handler, udp, tcp);

@@ -170,6 +170,18 @@ impl Collector for CatalogCollector {
         )?;
         counter(
             &mut encoder,
+            "meshdns_cluster_errors",
+            "Failures talking to a cluster's source (watch errors, unreachable API server)",
+            clusters.iter().map(|c| (name(c), c.errors)),
+        )?;
+        counter(
+            &mut encoder,
+            "meshdns_cluster_skipped",
+            "Malformed objects (or parts of objects) skipped while the rest serves",
+            clusters.iter().map(|c| (name(c), c.skipped)),
+        )?;
+        counter(
+            &mut encoder,
             "meshdns_cluster_rejected",
             "Inputs rejected as invalid, keeping the last good slice (e.g. a broken file)",
             clusters.iter().map(|c| (name(c), c.rejected)),

@@ -24,6 +24,8 @@ pub struct Ops {
     pub metrics: Metrics,
     /// Set when shutdown begins: `/readyz` turns 503 while answers go on (drain).
     pub draining: AtomicBool,
+    pub started: std::time::Instant,
+    pub ready_timeout: std::time::Duration,
 }
 
 /// Serves until `stop`.
@@ -100,6 +102,14 @@ fn readyz(ops: &Ops) -> Response<Full<Bytes>> {
         .collect();
     if waiting.is_empty() {
         text(StatusCode::OK, "ready\n".into())
+    } else if ops.started.elapsed() >= ops.ready_timeout {
+        text(
+            StatusCode::OK,
+            format!(
+                "ready (ready_timeout passed); not synced: {}\n",
+                waiting.join(", ")
+            ),
+        )
     } else {
         text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -157,6 +167,8 @@ pub fn catalog_json(snap: &Snapshot) -> serde_json::Value {
                 "last_error": c.last_error,
                 "relists": c.relists,
                 "rejected": c.rejected,
+                "errors": c.errors,
+                "skipped": c.skipped,
                 "endpoints": c.endpoints,
                 "services": services,
             })

@@ -1,16 +1,25 @@
 //! Sources: each owns exactly one cluster's slice and tells the catalog about it.
 //!
 //! - [`file`]: a YAML file, hot-reloaded (the demo, VMs, managed databases).
-//! - `kube`: a cluster's API server (in-cluster or through a kubeconfig).
+//! - [`kube`]: a cluster's API server, in-cluster or through a kubeconfig.
+//!
+//! Every source runs in its own task under a supervisor: a panic is logged, the cluster is
+//! marked stale (its last data keeps serving) and the source restarts. Nothing a source does
+//! can touch another cluster's slice or the DNS front end.
 
 pub mod file;
+pub mod kube;
+
+use std::future::Future;
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info_span};
+use tracing::{Instrument, error, info_span};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, SourceHandle, Update, unix_now};
 use crate::config::{Config, ConfigError, SourceConfig};
+use crate::model::SourceState;
 
 /// Checks what can be checked before serving: every file source parses and validates.
 /// Returns the number of services found in files.
@@ -24,7 +33,7 @@ pub fn check(config: &Config) -> Result<usize, ConfigError> {
     Ok(services)
 }
 
-/// Starts one task per cluster; each stops when `stop` is cancelled.
+/// Starts one supervised task per cluster; each stops when `stop` is cancelled.
 pub fn spawn_all(
     config: &Config,
     catalog: &Catalog,
@@ -33,14 +42,58 @@ pub fn spawn_all(
 ) {
     for c in &config.clusters {
         let handle = catalog.handle(&c.name);
+        let stop = stop.child_token();
         match &c.source {
             SourceConfig::File(path) => {
                 let span = info_span!("source", cluster = %c.name, file = %path.display());
-                tasks.spawn(file::run(path.clone(), handle, stop.child_token()).instrument(span));
+                let path = path.clone();
+                let h = handle.clone();
+                let s = stop.clone();
+                tasks.spawn(supervise(span, handle, stop, move || {
+                    file::run(path.clone(), h.clone(), s.clone())
+                }));
             }
-            SourceConfig::Kube(_) => {
-                tracing::error!(cluster = %c.name, "kube sources are not implemented yet");
+            SourceConfig::Kube(k) => {
+                let target = k
+                    .kubeconfig
+                    .as_deref()
+                    .map_or_else(|| "in-cluster".to_string(), |p| p.display().to_string());
+                let span = info_span!("source", cluster = %c.name, kube = %target);
+                let k = k.clone();
+                let h = handle.clone();
+                let s = stop.clone();
+                tasks.spawn(supervise(span, handle, stop, move || {
+                    kube::run(k.clone(), h.clone(), s.clone())
+                }));
             }
+        }
+    }
+}
+
+/// Runs `make()` in its own task until it returns; restarts it after a panic.
+async fn supervise<F, Fut>(
+    span: tracing::Span,
+    handle: SourceHandle,
+    stop: CancellationToken,
+    make: F,
+) where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match tokio::spawn(make().instrument(span.clone())).await {
+            Err(e) if e.is_panic() => {
+                span.in_scope(|| error!("source panicked: restarting it in 1 s"));
+                handle.send(Update::Error("source panicked".into()));
+                handle.send(Update::State(SourceState::Stale {
+                    since_unix: unix_now(),
+                }));
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+            _ => return,
         }
     }
 }

@@ -212,7 +212,10 @@ current-context: {name}
     /// Sets `resourceVersion`, `uid` and `creationTimestamp`, emits ADDED or
     /// MODIFIED, and returns the new resourceVersion.
     ///
-    /// Panics on a kind the fake does not know (add it to the resource table).
+    /// Unlike a PUT through the API, this always writes, even when nothing changed.
+    ///
+    /// Panics on a kind the fake does not know (add it to the resource table)
+    /// or an object without `metadata.name`.
     pub fn apply(&self, obj: Value) -> u64 {
         self.apply_many(vec![obj])
     }
@@ -369,9 +372,8 @@ async fn rebind(addr: SocketAddr) -> TcpListener {
     loop {
         match bind(addr) {
             Ok(listener) => return listener,
-            Err(e) if attempt < 100 => {
+            Err(_) if attempt < 100 => {
                 attempt += 1;
-                let _ = e;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => panic!("fake apiserver: cannot bind {addr} again: {e}"),

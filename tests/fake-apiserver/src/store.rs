@@ -147,6 +147,21 @@ impl Store {
             meta_str(&obj, "resourceVersion"),
             meta_str(&obj, "uid"),
         )?;
+        // Like the apiserver, an update that changes nothing writes nothing.
+        let mut unchanged = obj.clone();
+        let field = |f: &str| meta_str(current, f).unwrap_or_default().to_string();
+        let current_rv = field("resourceVersion").parse().unwrap_or_default();
+        stamp(
+            &mut unchanged,
+            resource,
+            &key,
+            field("uid"),
+            field("creationTimestamp"),
+            current_rv,
+        );
+        if unchanged == **current {
+            return Ok(current.clone());
+        }
         Ok(self.write(resource, key, obj))
     }
 
@@ -166,10 +181,8 @@ impl Store {
     }
 
     fn write(&mut self, resource: usize, key: ObjKey, mut obj: Value) -> Arc<Value> {
-        let def = &RESOURCES[resource];
         let prev = self.objects[resource].get(&key).cloned();
         self.rv += 1;
-        let rv = self.rv;
         let uid = match prev.as_deref().and_then(|p| meta_str(p, "uid")) {
             Some(uid) => uid.to_string(),
             None => self.next_uid(),
@@ -179,23 +192,8 @@ impl Store {
             .and_then(|p| meta_str(p, "creationTimestamp"))
             .map(str::to_string)
             .unwrap_or_else(now_rfc3339);
-
-        let root = obj.as_object_mut().expect("objects are JSON objects");
-        root.insert("apiVersion".into(), def.api_version().into());
-        root.insert("kind".into(), def.kind.into());
-        let meta = root
-            .entry("metadata")
-            .or_insert_with(|| Value::Object(Map::new()))
-            .as_object_mut()
-            .expect("metadata is an object");
-        if def.namespaced {
-            meta.insert("namespace".into(), key.0.clone().into());
-        } else {
-            meta.remove("namespace");
-        }
-        meta.insert("uid".into(), uid.into());
-        meta.insert("creationTimestamp".into(), created.into());
-        meta.insert("resourceVersion".into(), rv.to_string().into());
+        stamp(&mut obj, resource, &key, uid, created, self.rv);
+        let rv = self.rv;
 
         let object = Arc::new(obj);
         self.objects[resource].insert(key.clone(), object.clone());
@@ -350,6 +348,28 @@ impl Store {
             b & 0xffff_ffff_ffff
         )
     }
+}
+
+/// Set what the server owns in an object: type meta, namespace, uid,
+/// creationTimestamp and resourceVersion.
+fn stamp(obj: &mut Value, resource: usize, key: &ObjKey, uid: String, created: String, rv: u64) {
+    let def = &RESOURCES[resource];
+    let root = obj.as_object_mut().expect("objects are JSON objects");
+    root.insert("apiVersion".into(), def.api_version().into());
+    root.insert("kind".into(), def.kind.into());
+    let meta = root
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()))
+        .as_object_mut()
+        .expect("metadata is an object");
+    if def.namespaced {
+        meta.insert("namespace".into(), key.0.clone().into());
+    } else {
+        meta.remove("namespace");
+    }
+    meta.insert("uid".into(), uid.into());
+    meta.insert("creationTimestamp".into(), created.into());
+    meta.insert("resourceVersion".into(), rv.to_string().into());
 }
 
 fn check_preconditions(

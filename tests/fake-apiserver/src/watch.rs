@@ -202,6 +202,9 @@ type Item = Result<Frame<Bytes>, std::io::Error>;
 impl Watch {
     async fn next_frame(mut self) -> Option<(Item, Self)> {
         loop {
+            if self.drops.has_changed().unwrap_or(false) {
+                return Some((Err(self.dropped()), self));
+            }
             if !self.pending.is_empty() {
                 let chunk = self.encode_pending();
                 return Some((Ok(Frame::data(chunk)), self));
@@ -225,13 +228,7 @@ impl Watch {
                 _ = sleep_until(bookmark_at), if self.bookmarks => Wake::Bookmark,
             };
             match wake {
-                Wake::Dropped => {
-                    // An error from the body makes hyper close the connection
-                    // without the terminating chunk: an abrupt end.
-                    self.finished = true;
-                    let err = std::io::Error::other("watch dropped by the fake apiserver");
-                    return Some((Err(err), self));
-                }
+                Wake::Dropped => return Some((Err(self.dropped()), self)),
                 Wake::TimedOut | Wake::ServerGone => return None,
                 Wake::Changed => self.behind = true,
                 Wake::Bookmark => {
@@ -249,6 +246,15 @@ impl Watch {
                 }
             }
         }
+    }
+
+    /// End abruptly: an error from the body makes hyper close the connection
+    /// without the terminating chunk.
+    fn dropped(&mut self) -> std::io::Error {
+        self.drops.mark_unchanged();
+        self.finished = true;
+        self.pending.clear();
+        std::io::Error::other("watch dropped by the fake apiserver")
     }
 
     /// Move the cursor forward through the history, queueing matching events.

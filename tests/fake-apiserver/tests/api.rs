@@ -213,22 +213,22 @@ async fn raw_watch_protocol() {
     let start = srv.resource_version();
     srv.apply(service("ns", "b", json!({})));
     srv.delete("v1", "Service", Some("ns"), "a");
-    let replay: Vec<String> = api
+    let replay = api
         .watch(
-            &WatchParams::default().disable_bookmarks().timeout(1),
+            &WatchParams::default().disable_bookmarks(),
             &start.to_string(),
         )
         .await
         .unwrap()
+        .take(2)
         .map_ok(|e| match e {
             WatchEvent::Added(s) => format!("ADDED {}", s.name_any()),
             WatchEvent::Modified(s) => format!("MODIFIED {}", s.name_any()),
             WatchEvent::Deleted(s) => format!("DELETED {}", s.name_any()),
             other => format!("{other:?}"),
         })
-        .try_collect()
-        .await
-        .unwrap();
+        .try_collect::<Vec<_>>();
+    let replay = within("the replay", replay).await.unwrap();
     assert_eq!(replay, ["ADDED b", "DELETED a"]);
 
     // timeoutSeconds ends the stream cleanly.
@@ -324,6 +324,12 @@ async fn lease_writes_with_optimistic_concurrency() {
         .unwrap();
     assert_ne!(replaced.resource_version(), created.resource_version());
     assert_eq!(replaced.uid(), created.uid());
+    // A replace that changes nothing writes nothing.
+    let same = api
+        .replace("meshdns", &PostParams::default(), &replaced)
+        .await
+        .unwrap();
+    assert_eq!(same.resource_version(), replaced.resource_version());
     // Replacing with the stale resourceVersion loses the race.
     let err = api
         .replace("meshdns", &PostParams::default(), &mine)
@@ -455,4 +461,73 @@ async fn discovery_and_optional_resources() {
             .items
             .is_empty()
     );
+}
+
+/// Below the client: the bytes on the wire of a watch.
+#[tokio::test]
+async fn watch_wire_format() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let srv = FakeApiServer::start().await.unwrap();
+    srv.apply(service("ns", "a", json!({"app": "web"})));
+    let mut conn = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
+    let request = "GET /api/v1/namespaces/ns/services?&watch=true&timeoutSeconds=290&resourceVersion=0 HTTP/1.1\r\n\
+                   Host: fake\r\nAccept: application/json\r\n\r\n";
+    conn.write_all(request.as_bytes()).await.unwrap();
+
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&received).contains("\"ADDED\"") {
+        let n = within("the ADDED line", conn.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "connection closed early");
+        received.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&received).to_lowercase();
+    assert!(text.starts_with("http/1.1 200 ok\r\n"), "{text}");
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    assert!(text.contains("content-type: application/json"), "{text}");
+    let line = text.lines().find(|l| l.contains("\"added\"")).unwrap();
+    assert!(
+        line.starts_with("{\"type\":\"added\",\"object\":{"),
+        "{line}"
+    );
+    assert!(
+        line.contains("\"kind\":\"service\""),
+        "watch objects carry their kind: {line}"
+    );
+
+    // drop_watches closes the connection without the terminating zero-length chunk.
+    srv.drop_watches();
+    let mut rest = Vec::new();
+    within("the connection to close", conn.read_to_end(&mut rest))
+        .await
+        .ok();
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("0\r\n\r\n"),
+        "{rest:?}"
+    );
+    within("the watch to be released", async {
+        while srv.stats().open_watches > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    // An unknown path is a NotFound Status.
+    let mut conn = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
+    conn.write_all(
+        b"GET /apis/nope.io/v1/things HTTP/1.1\r\nHost: fake\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut response = String::new();
+    within("the 404", conn.read_to_string(&mut response))
+        .await
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+    let body: serde_json::Value =
+        serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["kind"], "Status");
+    assert_eq!(body["reason"], "NotFound");
+    assert_eq!(body["code"], 404);
 }

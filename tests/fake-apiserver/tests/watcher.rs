@@ -8,6 +8,7 @@ use fake_apiserver::FakeApiServer;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
 use serde_json::json;
 use std::time::Duration;
@@ -231,6 +232,22 @@ async fn watcher_with_streaming_lists() {
 }
 
 #[tokio::test]
+async fn metadata_watcher() {
+    let srv = FakeApiServer::start().await.unwrap();
+    srv.apply(service("ns", "a", json!({"app": "web"})));
+    // `Api<PartialObjectMeta<K>>` asks for `Accept: ...;as=PartialObjectMetadata`.
+    let api: Api<PartialObjectMeta<Service>> = Api::all(client(&srv).await);
+    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    let mut m = Mirror::default();
+    m.sync_until(&mut stream, "initial list", |m| m.inits() == 1)
+        .await;
+    srv.apply(service("ns", "b", json!({})));
+    m.sync_until(&mut stream, "Apply(ns/b)", |m| m.logged("Apply(ns/b)"))
+        .await;
+    assert_eq!(m.names(), ["ns/a", "ns/b"]);
+}
+
+#[tokio::test]
 async fn watchers_share_the_server() {
     let srv = FakeApiServer::start().await.unwrap();
     let client = client(&srv).await;
@@ -263,4 +280,36 @@ async fn watchers_share_the_server() {
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_stalled_watch_does_not_block_others() {
+    let srv = FakeApiServer::start().await.unwrap();
+    let client = client(&srv).await;
+    // Opened and never read: its socket buffers fill up and stay full.
+    let stalled = Api::<Service>::all(client.clone())
+        .watch(&kube::api::WatchParams::default(), "0")
+        .await
+        .unwrap();
+    let mut stream = watcher(Api::<Service>::all(client), watcher::Config::default()).boxed();
+    let mut m = Mirror::default();
+    m.sync_until(&mut stream, "initial list", |m| m.inits() == 1)
+        .await;
+
+    // ~24 MB of events: far more than loopback socket buffers hold.
+    let padding = "x".repeat(8000);
+    for batch in 0..10 {
+        let objs = (0..300)
+            .map(|i| {
+                let mut svc = service("ns", &format!("s{batch}-{i:03}"), json!({}));
+                svc["metadata"]["annotations"] = json!({ "pad": padding });
+                svc
+            })
+            .collect();
+        srv.apply_many(objs);
+    }
+    m.sync_until(&mut stream, "3000 objects", |m| m.objects.len() == 3000)
+        .await;
+    assert_eq!(srv.stats().open_watches, 2);
+    drop(stalled);
 }
