@@ -402,9 +402,7 @@ impl Config {
             max_udp_payload,
             coalesce,
             expire_after: raw.expire_after.map(|d| d.0),
-            ready_timeout: raw
-                .ready_timeout
-                .map_or(Duration::from_secs(30), |d| d.0),
+            ready_timeout: raw.ready_timeout.map_or(Duration::from_secs(30), |d| d.0),
         })
     }
 }

@@ -38,7 +38,7 @@ use crate::config::Config;
 #[derive(Parser, Debug)]
 #[command(name = "meshdns", version, about, long_about)]
 struct Cli {
-    /// Log format on stderr. The level comes from RUST_LOG (default: info,hickory_server=warn),
+    /// Log format on stderr. The level comes from RUST_LOG (default: info; hickory and kube client chatter quieter),
     /// e.g. RUST_LOG=meshdns=debug.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "MESHDNS_LOG_FORMAT")]
     log_format: LogFormat,
@@ -83,11 +83,15 @@ enum LogFormat {
     Json,
 }
 
+/// hickory logs every request at info (that is query logging: off by default); kube's client
+/// logs every failed retry, which our sources already report once per state change.
+const DEFAULT_LOG_FILTER: &str =
+    "info,hickory_server=warn,kube_client=error,kube_client::client::builder=off";
+
 fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // hickory logs every request at info: that is query logging, off by default.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

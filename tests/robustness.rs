@@ -806,6 +806,7 @@ fn udp_barrage_never_crashes_or_stalls_the_server() {
         }
     }
     sync(&mut m, &sock, 0xafff, &mut responses);
+    eprintln!("UDP barrage: {sent} packets, {responses} responses");
     assert!(sent >= 10_000);
     assert!(
         responses > sent / 4,
@@ -866,6 +867,7 @@ fn tcp_barrage_never_crashes_or_stalls_the_server() {
     let mut messages = 0usize;
     let mut connection = 0usize;
     let mut answered_controls = 0usize;
+    let mut answered_frames = 0usize;
     while messages < TCP_MESSAGES {
         connection += 1;
         // Every 8th connection is a control: valid queries only, each must be answered.
@@ -944,6 +946,7 @@ fn tcp_barrage_never_crashes_or_stalls_the_server() {
             }
         }
         if let Some(frames) = tcp_session(m.dns, &bytes) {
+            answered_frames += frames.len();
             for f in frames {
                 assert!(
                     parse_response(&f).is_some_and(|r| r.qr),
@@ -955,6 +958,9 @@ fn tcp_barrage_never_crashes_or_stalls_the_server() {
             assert!(m.is_running(), "meshdns exited; log:\n{}", m.logs());
         }
     }
+    eprintln!(
+        "TCP barrage: {messages} messages on {connection} connections, {answered_frames} responses"
+    );
     assert!(messages >= 2_000);
     assert!(answered_controls > 0);
 

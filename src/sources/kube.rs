@@ -38,8 +38,7 @@ use tracing::{debug, info, warn};
 use crate::catalog::{SourceHandle, Update, unix_now};
 use crate::config::{Export, KubeSourceConfig, parse_fqdn};
 use crate::model::{
-    Endpoint, Port, Protocol, Service, ServiceKey, Slice, SourceState, is_dns_label,
-    is_port_name,
+    Endpoint, Port, Protocol, Service, ServiceKey, Slice, SourceState, is_dns_label, is_port_name,
 };
 
 /// The label a Service carries to be published with `export: labeled`.
@@ -147,7 +146,12 @@ impl Mirror {
     }
 
     /// Replaces one slice; returns the services whose endpoints may have changed.
-    fn set_slice(&mut self, namespace: Arc<str>, name: String, info: Option<SliceInfo>) -> Vec<ServiceKey> {
+    fn set_slice(
+        &mut self,
+        namespace: Arc<str>,
+        name: String,
+        info: Option<SliceInfo>,
+    ) -> Vec<ServiceKey> {
         let id = (namespace, name);
         let mut touched = Vec::with_capacity(2);
         if let Some(old) = self.slices.remove(&id) {
@@ -277,22 +281,21 @@ fn parse_service(svc: &KService) -> Result<(ServiceKey, SvcInfo), Skip> {
     let name = svc.name_any();
     let ns = svc.namespace().unwrap_or_default();
     if !is_dns_label(&name) || !is_dns_label(&ns) {
-        return Err(format!("service {ns}/{name}: name or namespace is not a DNS label"));
+        return Err(format!(
+            "service {ns}/{name}: name or namespace is not a DNS label"
+        ));
     }
     let spec = svc.spec.as_ref();
     let kind = match spec.and_then(|s| s.type_.as_deref()) {
         Some("ExternalName") => {
             let ext = spec.and_then(|s| s.external_name.as_deref()).unwrap_or("");
-            let name = parse_fqdn(ext)
-                .map_err(|e| format!("service {ns}/{name}: externalName: {e}"))?;
+            let name =
+                parse_fqdn(ext).map_err(|e| format!("service {ns}/{name}: externalName: {e}"))?;
             SvcKind::ExternalName(name)
         }
         _ => SvcKind::Normal,
     };
-    let labeled = svc
-        .labels()
-        .get(EXPORT_LABEL)
-        .is_some_and(|v| v == "true");
+    let labeled = svc.labels().get(EXPORT_LABEL).is_some_and(|v| v == "true");
     Ok((
         ServiceKey::new(&ns, &name),
         SvcInfo {
@@ -311,20 +314,32 @@ fn parse_slice(slice: &EndpointSlice, skips: &mut Vec<Skip>) -> Result<SliceInfo
     let name = slice.name_any();
     let ns = slice.namespace().unwrap_or_default();
     let Some(svc) = slice.labels().get(SERVICE_NAME_LABEL) else {
-        return Err(format!("endpointslice {ns}/{name}: no {SERVICE_NAME_LABEL} label"));
+        return Err(format!(
+            "endpointslice {ns}/{name}: no {SERVICE_NAME_LABEL} label"
+        ));
     };
     if !is_dns_label(svc) || !is_dns_label(&ns) {
-        return Err(format!("endpointslice {ns}/{name}: service {svc:?} is not a DNS label"));
+        return Err(format!(
+            "endpointslice {ns}/{name}: service {svc:?} is not a DNS label"
+        ));
     }
     let v6 = match slice.address_type.as_str() {
         "IPv4" => false,
         "IPv6" => true,
-        other => return Err(format!("endpointslice {ns}/{name}: addressType {other} is not served")),
+        other => {
+            return Err(format!(
+                "endpointslice {ns}/{name}: addressType {other} is not served"
+            ));
+        }
     };
     let mut ports = Vec::new();
     for p in slice.ports.iter().flatten() {
         // No port number means "all ports": nothing to put in an SRV record.
-        let Some(port) = p.port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0) else {
+        let Some(port) = p
+            .port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+        else {
             continue;
         };
         let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
@@ -332,7 +347,9 @@ fn parse_slice(slice: &EndpointSlice, skips: &mut Vec<Skip>) -> Result<SliceInfo
             "UDP" => Protocol::Udp,
             "SCTP" => Protocol::Sctp,
             other => {
-                skips.push(format!("endpointslice {ns}/{name}: port protocol {other:?}"));
+                skips.push(format!(
+                    "endpointslice {ns}/{name}: port protocol {other:?}"
+                ));
                 continue;
             }
         };
@@ -353,7 +370,11 @@ fn parse_slice(slice: &EndpointSlice, skips: &mut Vec<Skip>) -> Result<SliceInfo
         // Unset `ready` means ready (the API says: interpret unknown as ready).
         let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
         let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
-        let hostname = e.hostname.as_deref().filter(|h| is_dns_label(h)).map(Arc::from);
+        let hostname = e
+            .hostname
+            .as_deref()
+            .filter(|h| is_dns_label(h))
+            .map(Arc::from);
         for addr in &e.addresses {
             let ip: IpAddr = match addr.parse() {
                 Ok(ip) => ip,
@@ -363,7 +384,10 @@ fn parse_slice(slice: &EndpointSlice, skips: &mut Vec<Skip>) -> Result<SliceInfo
                 }
             };
             if ip.is_ipv6() != v6 {
-                skips.push(format!("endpointslice {ns}/{name}: {addr} is not {}", slice.address_type));
+                skips.push(format!(
+                    "endpointslice {ns}/{name}: {addr} is not {}",
+                    slice.address_type
+                ));
                 continue;
             }
             endpoints.push(SliceEndpoint {
@@ -517,12 +541,20 @@ impl Status {
             return;
         }
         match state {
-            SourceState::Synced => info!(previous = self.state.name(), "source synced"),
             SourceState::Stale { .. } => warn!("source is stale: serving its last data"),
             other => info!(state = other.name(), "source state"),
         }
         self.state = state;
         self.handle.send(Update::State(state));
+    }
+
+    /// Back from stale: the whole slice again, since the catalog may have expired it.
+    fn recovered(&mut self, mirror: &Mirror, export: Export) {
+        if self.stale() {
+            info!("source recovered");
+            self.handle.send(Update::Replace(mirror.slice(export)));
+            self.state = SourceState::Synced;
+        }
     }
 
     fn stale(&self) -> bool {
@@ -585,7 +617,12 @@ pub async fn run(cfg: KubeSourceConfig, handle: SourceHandle, stop: Cancellation
 }
 
 /// Watches every scope and feeds the catalog, until `stop`.
-async fn follow(cfg: &KubeSourceConfig, client: Client, status: &mut Status, stop: &CancellationToken) {
+async fn follow(
+    cfg: &KubeSourceConfig,
+    client: Client,
+    status: &mut Status,
+    stop: &CancellationToken,
+) {
     let namespaces: Vec<Option<String>> = if cfg.namespaces.is_empty() {
         vec![None]
     } else {
@@ -607,9 +644,12 @@ async fn follow(cfg: &KubeSourceConfig, client: Client, status: &mut Status, sto
                 (Kind::Service, Some(n)) => watch(tag, Api::namespaced(c, n), wc, service_obj),
                 (Kind::Slice, None) => watch(tag, Api::all(c), wc, slice_obj),
                 (Kind::Slice, Some(n)) => watch(tag, Api::namespaced(c, n), wc, slice_obj),
-                (Kind::Export, None) => {
-                    watch(tag, Api::all_with(c, &service_export_resource()), wc, export_obj)
-                }
+                (Kind::Export, None) => watch(
+                    tag,
+                    Api::all_with(c, &service_export_resource()),
+                    wc,
+                    export_obj,
+                ),
                 (Kind::Export, Some(n)) => watch(
                     tag,
                     Api::namespaced_with(c, n, &service_export_resource()),
@@ -636,7 +676,7 @@ async fn follow(cfg: &KubeSourceConfig, client: Client, status: &mut Status, sto
             _ = stop.cancelled() => return,
             _ = probe.tick(), if status.stale() => {
                 if client.apiserver_version().await.is_ok() {
-                    status.set(SourceState::Synced);
+                    status.recovered(&mirror, cfg.export);
                 }
                 continue;
             }
@@ -660,7 +700,9 @@ async fn follow(cfg: &KubeSourceConfig, client: Client, status: &mut Status, sto
                 }
                 listed[i] = true;
                 if listed.iter().all(|l| *l) {
-                    status.handle.send(Update::Replace(mirror.slice(cfg.export)));
+                    status
+                        .handle
+                        .send(Update::Replace(mirror.slice(cfg.export)));
                     // The catalog marks the cluster synced on a whole slice.
                     status.state = SourceState::Synced;
                 }
@@ -680,21 +722,25 @@ async fn follow(cfg: &KubeSourceConfig, client: Client, status: &mut Status, sto
                         .collect();
                     status.handle.send(Update::Patch(changes));
                     // An event proves the watch is live again.
-                    status.set(SourceState::Synced);
+                    status.recovered(&mirror, cfg.export);
                 }
             }
             Err(error) => {
                 if scopes[i].kind == Kind::Export && is_not_found(&error) {
                     // No ServiceExport CRD: nothing is exported until it appears.
                     if !crd_missing_logged {
-                        warn!("the ServiceExport CRD (multicluster.x-k8s.io/v1alpha1) is not installed: no service is exported");
+                        warn!(
+                            "the ServiceExport CRD (multicluster.x-k8s.io/v1alpha1) is not installed: no service is exported"
+                        );
                         crd_missing_logged = true;
                     }
                     if !listed[i] {
                         mirror.clear(&scopes[i]);
                         listed[i] = true;
                         if listed.iter().all(|l| *l) {
-                            status.handle.send(Update::Replace(mirror.slice(cfg.export)));
+                            status
+                                .handle
+                                .send(Update::Replace(mirror.slice(cfg.export)));
                             status.state = SourceState::Synced;
                         }
                     }
@@ -740,4 +786,267 @@ fn is_gone(error: &watcher::Error) -> bool {
 
 fn is_not_found(error: &watcher::Error) -> bool {
     api_code(error) == Some(404)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn slice(
+        name: &str,
+        svc: Option<&str>,
+        family: &str,
+        endpoints: serde_json::Value,
+    ) -> EndpointSlice {
+        let mut labels = serde_json::Map::new();
+        if let Some(s) = svc {
+            labels.insert(SERVICE_NAME_LABEL.into(), json!(s));
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": { "name": name, "namespace": "ns", "labels": labels },
+            "addressType": family,
+            "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }, { "port": 9090 }],
+            "endpoints": endpoints,
+        }))
+        .unwrap()
+    }
+
+    fn service(name: &str, spec: serde_json::Value) -> KService {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": { "name": name, "namespace": "ns" },
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn apply_all(mirror: &mut Mirror, objs: Vec<Parsed>) -> Vec<Skip> {
+        let mut skips = Vec::new();
+        for p in objs {
+            skips.extend(p.skipped);
+            if let Some(o) = p.obj {
+                mirror.apply(o);
+            }
+        }
+        skips
+    }
+
+    fn ips(s: &Service) -> Vec<(String, bool)> {
+        match s {
+            Service::Endpoints { endpoints, .. } => endpoints
+                .iter()
+                .map(|e| (e.ip.to_string(), e.ready))
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn endpointslices_map_as_the_api_says() {
+        let mut m = Mirror::default();
+        let key = ServiceKey::new("ns", "web");
+        let skips = apply_all(
+            &mut m,
+            vec![
+                service_obj(service("web", json!({ "type": "ClusterIP" })), false),
+                slice_obj(
+                    slice(
+                        "web-v4",
+                        Some("web"),
+                        "IPv4",
+                        json!([
+                            // `ready` unset means ready.
+                            { "addresses": ["10.0.0.1"], "hostname": "web-0", "zone": "z1", "nodeName": "n1" },
+                            { "addresses": ["10.0.0.2"], "conditions": { "ready": false } },
+                            { "addresses": ["10.0.0.3"], "conditions": { "ready": true, "terminating": true } },
+                            { "addresses": ["not-an-ip", "10.0.0.4"] },
+                        ]),
+                    ),
+                    false,
+                ),
+                // The same address in a second slice is one endpoint.
+                slice_obj(
+                    slice(
+                        "web-v4b",
+                        Some("web"),
+                        "IPv4",
+                        json!([{ "addresses": ["10.0.0.1"] }]),
+                    ),
+                    false,
+                ),
+                slice_obj(
+                    slice(
+                        "web-v6",
+                        Some("web"),
+                        "IPv6",
+                        json!([{ "addresses": ["fd00::1"] }]),
+                    ),
+                    false,
+                ),
+                slice_obj(
+                    slice(
+                        "web-fqdn",
+                        Some("web"),
+                        "FQDN",
+                        json!([{ "addresses": ["a.example.com"] }]),
+                    ),
+                    false,
+                ),
+                slice_obj(
+                    slice(
+                        "orphan",
+                        None,
+                        "IPv4",
+                        json!([{ "addresses": ["10.9.9.9"] }]),
+                    ),
+                    false,
+                ),
+            ],
+        );
+        assert_eq!(skips.len(), 3, "{skips:?}"); // bad address, FQDN slice, missing label
+        let s = m.service(&key, Export::All).unwrap();
+        assert_eq!(
+            ips(&s),
+            [
+                ("10.0.0.1".into(), true),
+                ("10.0.0.2".into(), false),
+                ("10.0.0.3".into(), false),
+                ("10.0.0.4".into(), true),
+                ("fd00::1".into(), true),
+            ]
+        );
+        match &s {
+            Service::Endpoints { ports, endpoints } => {
+                assert_eq!(ports.len(), 2);
+                assert_eq!(endpoints[0].hostname.as_deref(), Some("web-0"));
+                assert_eq!(endpoints[0].zone.as_deref(), Some("z1"));
+                assert_eq!(endpoints[0].node.as_deref(), Some("n1"));
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // publishNotReadyAddresses answers every non-terminating endpoint.
+        apply_all(
+            &mut m,
+            vec![service_obj(
+                service("web", json!({ "publishNotReadyAddresses": true })),
+                false,
+            )],
+        );
+        let s = m.service(&key, Export::All).unwrap();
+        assert!(ips(&s).contains(&("10.0.0.2".into(), true)));
+        assert!(
+            ips(&s).contains(&("10.0.0.3".into(), false)),
+            "terminating never"
+        );
+
+        // Deleting a slice drops its endpoints; deleting the service drops it.
+        apply_all(
+            &mut m,
+            vec![slice_obj(
+                slice("web-v6", Some("web"), "IPv6", json!([])),
+                true,
+            )],
+        );
+        assert!(
+            !ips(&m.service(&key, Export::All).unwrap())
+                .iter()
+                .any(|(ip, _)| ip == "fd00::1")
+        );
+        apply_all(&mut m, vec![service_obj(service("web", json!({})), true)]);
+        assert!(m.service(&key, Export::All).is_none());
+        assert!(m.slice(Export::All).is_empty());
+    }
+
+    #[test]
+    fn external_names_and_exports() {
+        let mut m = Mirror::default();
+        let skips = apply_all(
+            &mut m,
+            vec![
+                service_obj(
+                    service(
+                        "legacy",
+                        json!({ "type": "ExternalName", "externalName": "api.example.com" }),
+                    ),
+                    false,
+                ),
+                service_obj(
+                    service(
+                        "broken",
+                        json!({ "type": "ExternalName", "externalName": "a..b" }),
+                    ),
+                    false,
+                ),
+                service_obj(service("plain", json!({})), false),
+            ],
+        );
+        assert_eq!(skips.len(), 1);
+        let legacy = ServiceKey::new("ns", "legacy");
+        assert!(matches!(
+            m.service(&legacy, Export::All),
+            Some(Service::ExternalName(_))
+        ));
+        assert!(
+            m.service(&ServiceKey::new("ns", "broken"), Export::All)
+                .is_none()
+        );
+        // A service with no slices exists with no endpoints (NODATA, not NXDOMAIN).
+        let plain = ServiceKey::new("ns", "plain");
+        assert!(
+            matches!(m.service(&plain, Export::All), Some(Service::Endpoints { endpoints, .. }) if endpoints.is_empty())
+        );
+
+        assert!(m.service(&plain, Export::Labeled).is_none());
+        assert!(m.service(&plain, Export::Serviceexport).is_none());
+        m.apply(Obj::Export(plain.clone(), true));
+        assert!(m.service(&plain, Export::Serviceexport).is_some());
+        m.apply(Obj::Export(plain.clone(), false));
+        assert!(m.service(&plain, Export::Serviceexport).is_none());
+
+        let mut labeled = service("tagged", json!({}));
+        labeled
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert(EXPORT_LABEL.into(), "true".into());
+        apply_all(&mut m, vec![service_obj(labeled, false)]);
+        assert!(
+            m.service(&ServiceKey::new("ns", "tagged"), Export::Labeled)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn relist_replaces_only_its_scope() {
+        let mut m = Mirror::default();
+        apply_all(
+            &mut m,
+            vec![
+                service_obj(service("a", json!({})), false),
+                slice_obj(
+                    slice(
+                        "a-1",
+                        Some("a"),
+                        "IPv4",
+                        json!([{ "addresses": ["10.0.0.1"] }]),
+                    ),
+                    false,
+                ),
+            ],
+        );
+        m.clear(&Scope {
+            kind: Kind::Slice,
+            namespace: None,
+        });
+        assert!(m.by_service.is_empty() && m.slices.is_empty());
+        assert_eq!(m.services.len(), 1, "services are another watch's scope");
+        m.clear(&Scope {
+            kind: Kind::Service,
+            namespace: Some("other".into()),
+        });
+        assert_eq!(m.services.len(), 1, "namespace scope");
+    }
 }

@@ -335,3 +335,25 @@ impl Default for Demo {
         Self::new()
     }
 }
+
+/// One UDP query without dig (for tight loops): (rcode, answer data as text), or `None` when
+/// no answer came within a second.
+pub fn query(
+    server: SocketAddr,
+    name: &str,
+    qtype: hickory_proto::rr::RecordType,
+) -> Option<(u16, Vec<String>)> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::Name;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    sock.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    let mut msg = Message::query();
+    msg.metadata.id = fastrand::u16(..);
+    msg.add_query(Query::query(Name::from_ascii(name).ok()?, qtype));
+    sock.send_to(&msg.to_vec().ok()?, server).ok()?;
+    let mut buf = [0u8; 4096];
+    let (n, _) = sock.recv_from(&mut buf).ok()?;
+    let resp = Message::from_vec(&buf[..n]).ok()?;
+    let data = resp.answers.iter().map(|r| r.data.to_string()).collect();
+    Some((u16::from(resp.metadata.response_code), data))
+}
