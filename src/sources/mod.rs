@@ -97,3 +97,49 @@ async fn supervise<F, Fut>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Slice;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A source that panics is restarted; its cluster turns stale meanwhile and the other
+    /// cluster never notices.
+    #[tokio::test]
+    async fn a_panicking_source_is_restarted_and_others_are_untouched() {
+        let config = Config::parse(
+            std::path::Path::new("/t/m.yaml"),
+            "clusters:\n  - { name: a, source: { file: a.yaml } }\n  - { name: b, source: { file: b.yaml } }\n",
+        )
+        .unwrap();
+        let catalog = Catalog::new(&config);
+        let reader = catalog.reader();
+        let a = catalog.handle(&"a".into());
+        let b = catalog.handle(&"b".into());
+        tokio::spawn(catalog.run());
+        b.send(Update::Replace(Slice::new()));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let (r, h) = (runs.clone(), a.clone());
+        let sup = tokio::spawn(supervise(tracing::Span::none(), a, stop.clone(), move || {
+            let (r, h) = (r.clone(), h.clone());
+            async move {
+                let n = r.fetch_add(1, Ordering::SeqCst);
+                h.send(Update::Replace(Slice::new()));
+                if n == 0 {
+                    panic!("boom");
+                }
+            }
+        }));
+        sup.await.unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "restarted once after the panic");
+        let snap = reader
+            .wait_for(|s| s.cluster("a").is_some_and(|c| c.errors == 1 && c.relists == 2))
+            .await;
+        assert_eq!(snap.cluster("a").unwrap().last_error, None, "synced again");
+        let b = snap.cluster("b").unwrap();
+        assert_eq!((b.state, b.errors), (SourceState::Synced, 0));
+    }
+}
