@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::model::{ClusterId, Service, ServiceKey, Slice, SourceState};
+use crate::model::{ClusterId, ClusterStatus, Service, ServiceKey, Slice, SourceState};
 use crate::zone::records::ServiceView;
 use crate::zone::{ZoneData, ZoneSettings};
 
@@ -50,43 +50,19 @@ pub struct SourceEvent {
 #[derive(Clone, Debug)]
 pub struct SourceHandle {
     cluster: ClusterId,
-    tx: mpsc::UnboundedSender<SourceEvent>,
+    tx: mpsc::UnboundedSender<Input>,
 }
 
 impl SourceHandle {
     /// Sends an update; false when the catalog is gone (shutting down).
     pub fn send(&self, update: Update) -> bool {
         self.tx
-            .send(SourceEvent {
+            .send(Input::Source(SourceEvent {
                 cluster: self.cluster.clone(),
                 update,
-            })
+            }))
             .is_ok()
     }
-}
-
-/// What operators see of one cluster (`/debug/catalog`, metrics, readiness).
-#[derive(Clone, Debug)]
-pub struct ClusterStatus {
-    pub name: ClusterId,
-    pub region: Option<String>,
-    pub zones: Vec<String>,
-    pub state: SourceState,
-    /// Has this cluster's source delivered a complete slice at least once?
-    pub synced_once: bool,
-    pub slice: Slice,
-    pub endpoints: usize,
-    /// Unix seconds of the last change of this cluster's data.
-    pub last_change_unix: Option<u64>,
-    pub last_error: Option<String>,
-    /// Inputs rejected as invalid (e.g. file reloads), ever.
-    pub rejected: u64,
-    /// Whole-slice replacements (initial lists, relists, reloads), ever.
-    pub relists: u64,
-    /// Failures talking to the source (watch errors, unreachable API server), ever.
-    pub errors: u64,
-    /// Malformed objects (or parts of objects) skipped, ever.
-    pub skipped: u64,
 }
 
 /// One immutable version of everything served.
@@ -109,9 +85,17 @@ impl Snapshot {
         self.clusters.iter().all(|c| c.synced_once)
     }
 
-    #[cfg(test)]
     pub fn cluster(&self, name: &str) -> Option<&ClusterStatus> {
         self.clusters.iter().find(|c| &*c.name == name)
+    }
+
+    /// Answers one question from this snapshot (see [`ZoneData::resolve`]).
+    pub fn resolve(
+        &self,
+        qname: &hickory_proto::rr::Name,
+        qtype: hickory_proto::rr::RecordType,
+    ) -> crate::zone::Answer {
+        self.zone.resolve(qname, qtype, &self.clusters)
     }
 }
 
@@ -142,38 +126,88 @@ impl CatalogReader {
     }
 }
 
+/// What the writer receives: source events, and new configs (SIGHUP).
+#[derive(Debug)]
+enum Input {
+    Source(SourceEvent),
+    Reconfigure(Box<Config>),
+}
+
+/// Sends to the catalog: hands out [`SourceHandle`]s and reconfigures it. The writer stops
+/// once every sender and handle is dropped.
+#[derive(Clone, Debug)]
+pub struct CatalogSender {
+    tx: mpsc::UnboundedSender<Input>,
+}
+
+impl CatalogSender {
+    /// The handle a cluster's source uses; the catalog ignores events for unknown clusters.
+    pub fn source(&self, cluster: &ClusterId) -> SourceHandle {
+        SourceHandle {
+            cluster: cluster.clone(),
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// Applies a new config: clusters added start empty, clusters removed lose their data,
+    /// the others keep theirs; the zone is rebuilt with the new settings.
+    pub fn reconfigure(&self, config: &Config) {
+        let _ = self.tx.send(Input::Reconfigure(Box::new(config.clone())));
+    }
+}
+
 /// The catalog's writer side, before it runs.
 pub struct Catalog {
-    tx: mpsc::UnboundedSender<SourceEvent>,
-    rx: mpsc::UnboundedReceiver<SourceEvent>,
+    rx: mpsc::UnboundedReceiver<Input>,
+    sender: CatalogSender,
     writer: Writer,
     reader: CatalogReader,
+}
+
+fn new_status(c: &crate::config::ClusterConfig) -> ClusterStatus {
+    ClusterStatus {
+        name: c.name.clone(),
+        region: c.region.clone(),
+        zones: c.zones.clone(),
+        state: SourceState::Syncing,
+        synced_once: false,
+        slice: Slice::new(),
+        endpoints: 0,
+        last_change_unix: None,
+        last_error: None,
+        rejected: 0,
+        relists: 0,
+        errors: 0,
+        skipped: 0,
+    }
+}
+
+/// Cluster statuses in answer order, reusing `old` ones by name.
+fn cluster_statuses(
+    config: &Config,
+    settings: &ZoneSettings,
+    mut old: HashMap<ClusterId, ClusterStatus>,
+) -> Vec<ClusterStatus> {
+    settings
+        .cluster_order
+        .iter()
+        .filter_map(|name| config.clusters.iter().find(|c| c.name == *name))
+        .map(|c| match old.remove(&c.name) {
+            Some(mut status) => {
+                status.region = c.region.clone();
+                status.zones = c.zones.clone();
+                status
+            }
+            None => new_status(c),
+        })
+        .collect()
 }
 
 impl Catalog {
     pub fn new(config: &Config) -> Catalog {
         let settings = Arc::new(ZoneSettings::from_config(config));
         let serial = initial_serial();
-        let clusters: Vec<ClusterStatus> = settings
-            .cluster_order
-            .iter()
-            .filter_map(|name| config.clusters.iter().find(|c| c.name == *name))
-            .map(|c| ClusterStatus {
-                name: c.name.clone(),
-                region: c.region.clone(),
-                zones: c.zones.clone(),
-                state: SourceState::Syncing,
-                synced_once: false,
-                slice: Slice::new(),
-                endpoints: 0,
-                last_change_unix: None,
-                last_error: None,
-                rejected: 0,
-                relists: 0,
-                errors: 0,
-                skipped: 0,
-            })
-            .collect();
+        let clusters = cluster_statuses(config, &settings, HashMap::new());
         let snapshot = Snapshot {
             zone: ZoneData::new(settings, serial),
             clusters,
@@ -190,7 +224,7 @@ impl Catalog {
                 expire_after: config.expire_after,
             },
             reader: CatalogReader { current, published },
-            tx,
+            sender: CatalogSender { tx },
             rx,
         }
     }
@@ -199,18 +233,17 @@ impl Catalog {
         self.reader.clone()
     }
 
-    /// The handle a cluster's source uses; the catalog ignores events for unknown clusters.
-    pub fn handle(&self, cluster: &ClusterId) -> SourceHandle {
-        SourceHandle {
-            cluster: cluster.clone(),
-            tx: self.tx.clone(),
-        }
+    pub fn sender(&self) -> CatalogSender {
+        self.sender.clone()
     }
 
-    /// Runs the writer until every [`SourceHandle`] is dropped.
+    /// Runs the writer until every sender and [`SourceHandle`] is dropped.
     pub async fn run(self) {
-        let Catalog { tx, rx, writer, .. } = self;
-        drop(tx);
+        let Catalog {
+            rx, writer, sender, ..
+        } = self;
+        // Our own sender must not keep the channel open.
+        drop(sender);
         writer.run(rx).await;
     }
 }
@@ -230,17 +263,34 @@ struct Pending {
     status: bool,
 }
 
-impl Writer {
-    async fn run(self, mut rx: mpsc::UnboundedReceiver<SourceEvent>) {
-        let base = self.current.load_full();
-        let mut zone = base.zone.clone();
-        let mut clusters = base.clusters.clone();
-        drop(base);
-        let index: HashMap<ClusterId, usize> = clusters
+/// The writer's own copy of what it publishes.
+struct State {
+    zone: ZoneData,
+    clusters: Vec<ClusterStatus>,
+    index: HashMap<ClusterId, usize>,
+}
+
+impl State {
+    fn reindex(&mut self) {
+        self.index = self
+            .clusters
             .iter()
             .enumerate()
             .map(|(i, c)| (c.name.clone(), i))
             .collect();
+    }
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>) {
+        let base = self.current.load_full();
+        let mut state = State {
+            zone: base.zone.clone(),
+            clusters: base.clusters.clone(),
+            index: HashMap::new(),
+        };
+        state.reindex();
+        drop(base);
         let mut expiry = tokio::time::interval(Duration::from_secs(1));
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -255,31 +305,32 @@ impl Writer {
             };
             let started = Instant::now();
             match first {
-                Some(ev) => {
-                    apply(&index, &mut clusters, ev, &mut pending);
+                Some(input) => {
+                    self.input(&mut state, input, &mut pending);
                     // Coalesce a burst: take what arrives within the window.
                     let deadline = tokio::time::Instant::now() + self.coalesce;
-                    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-                        apply(&index, &mut clusters, ev, &mut pending);
+                    while let Ok(Some(input)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+                        self.input(&mut state, input, &mut pending);
                     }
                 }
-                None => self.expire(&mut clusters, &mut pending),
+                None => self.expire(&mut state.clusters, &mut pending),
             }
             if pending.services.is_empty() && !pending.status {
                 continue;
             }
             let build_started = Instant::now();
             for key in &pending.services {
-                let parts = clusters
+                let parts = state
+                    .clusters
                     .iter()
                     .filter_map(|c| c.slice.get(key).map(|s| (&c.name, &**s)));
                 let view = ServiceView::build(key.clone(), parts).map(Arc::new);
-                zone.set_service(key, view);
+                state.zone.set_service(key, view);
             }
-            zone.serial = next_serial(zone.serial);
+            state.zone.serial = next_serial(state.zone.serial);
             let snapshot = Snapshot {
-                zone: zone.clone(),
-                clusters: clusters.clone(),
+                zone: state.zone.clone(),
+                clusters: state.clusters.clone(),
                 build_micros: build_started.elapsed().as_micros() as u64,
             };
             let serial = snapshot.zone.serial;
@@ -291,6 +342,32 @@ impl Writer {
                 micros = started.elapsed().as_micros() as u64,
                 "published snapshot"
             );
+        }
+    }
+
+    fn input(&mut self, state: &mut State, input: Input, pending: &mut Pending) {
+        match input {
+            Input::Source(ev) => apply(state, ev, pending),
+            Input::Reconfigure(config) => {
+                self.coalesce = config.coalesce;
+                self.expire_after = config.expire_after;
+                let settings = Arc::new(ZoneSettings::from_config(&config));
+                let old: HashMap<ClusterId, ClusterStatus> = state
+                    .clusters
+                    .drain(..)
+                    .map(|c| (c.name.clone(), c))
+                    .collect();
+                // Everything any cluster had: removed clusters' services must go too.
+                pending
+                    .services
+                    .extend(old.values().flat_map(|c| c.slice.keys().cloned()));
+                state.clusters = cluster_statuses(&config, &settings, old);
+                state.reindex();
+                // New settings (zone, TTLs, networks, order) change every answer: rebuild.
+                state.zone = ZoneData::new(settings, state.zone.serial);
+                pending.status = true;
+                info!(clusters = state.clusters.len(), "catalog reconfigured");
+            }
         }
     }
 
@@ -317,17 +394,13 @@ impl Writer {
 }
 
 /// Applies one event to the writer's state, noting what changed.
-fn apply(
-    index: &HashMap<ClusterId, usize>,
-    clusters: &mut [ClusterStatus],
-    ev: SourceEvent,
-    pending: &mut Pending,
-) {
-    let Some(&i) = index.get(&ev.cluster) else {
-        warn!(cluster = %ev.cluster, "event for an unknown cluster ignored");
+fn apply(state: &mut State, ev: SourceEvent, pending: &mut Pending) {
+    // A source stopped by a reload may still send a last event: ignore it.
+    let Some(&i) = state.index.get(&ev.cluster) else {
+        debug!(cluster = %ev.cluster, "event for an unknown cluster ignored");
         return;
     };
-    let c = &mut clusters[i];
+    let c = &mut state.clusters[i];
     let now = unix_now();
     match ev.update {
         Update::Replace(slice) => {
@@ -486,8 +559,8 @@ mod tests {
         let cfg = config();
         let catalog = Catalog::new(&cfg);
         let reader = catalog.reader();
-        let alpha = catalog.handle(&"alpha".into());
-        let beta = catalog.handle(&"beta".into());
+        let alpha = catalog.sender().source(&"alpha".into());
+        let beta = catalog.sender().source(&"beta".into());
         let first_serial = reader.load().serial();
         tokio::spawn(catalog.run());
 
@@ -526,7 +599,7 @@ mod tests {
         let cfg = config();
         let catalog = Catalog::new(&cfg);
         let reader = catalog.reader();
-        let alpha = catalog.handle(&"alpha".into());
+        let alpha = catalog.sender().source(&"alpha".into());
         let mut published = reader.published.clone();
         tokio::spawn(catalog.run());
         for i in 0..50 {

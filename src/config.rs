@@ -41,6 +41,44 @@ pub struct Config {
     pub expire_after: Option<Duration>,
     /// Ready once every cluster has synced, or after this long whatever the rest does.
     pub ready_timeout: Duration,
+    /// On SIGTERM: how long answers go on (with `/readyz` 503) before the listeners close.
+    pub drain: Duration,
+    /// What this instance calls itself in NSID and CHAOS `id.server`/`hostname.bind`;
+    /// `None`: hidden.
+    pub identity: Option<String>,
+    /// The CHAOS TXT names answered.
+    pub chaos: Vec<ChaosName>,
+    /// Serve `_status.<svc>.<ns>.svc.<zone>` TXT provenance records.
+    pub status_records: bool,
+    /// Fraction of queries logged (0: off, 1: all).
+    pub query_log: f64,
+}
+
+/// A CHAOS-class name meshdns can answer (`dig CH TXT id.server`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum ChaosName {
+    #[serde(rename = "id.server")]
+    IdServer,
+    #[serde(rename = "hostname.bind")]
+    HostnameBind,
+    #[serde(rename = "version.bind")]
+    VersionBind,
+}
+
+impl ChaosName {
+    pub const ALL: [ChaosName; 3] = [
+        ChaosName::IdServer,
+        ChaosName::HostnameBind,
+        ChaosName::VersionBind,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ChaosName::IdServer => "id.server.",
+            ChaosName::HostnameBind => "hostname.bind.",
+            ChaosName::VersionBind => "version.bind.",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,6 +205,16 @@ struct RawConfig {
     expire_after: Option<HumanDuration>,
     #[serde(default)]
     ready_timeout: Option<HumanDuration>,
+    #[serde(default)]
+    drain: Option<HumanDuration>,
+    #[serde(default)]
+    identity: Option<String>,
+    #[serde(default)]
+    chaos: Option<Vec<ChaosName>>,
+    #[serde(default)]
+    status_records: Option<bool>,
+    #[serde(default)]
+    query_log: Option<Spanned<f64>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -381,6 +429,23 @@ impl Config {
             }
         };
 
+        let query_log = match raw.query_log {
+            None => 0.0,
+            Some(q) if (0.0..=1.0).contains(&q.value) => q.value,
+            Some(q) => {
+                return Err(invalid(
+                    &q.referenced,
+                    "query_log",
+                    "a fraction of queries: between 0 and 1".into(),
+                ));
+            }
+        };
+        let identity = match raw.identity.as_deref().map(str::trim) {
+            None | Some("auto") => Some(default_identity()),
+            Some("") => None,
+            Some(s) => Some(s.to_string()),
+        };
+
         Ok(Config {
             zone,
             listen: Listen {
@@ -403,7 +468,24 @@ impl Config {
             coalesce,
             expire_after: raw.expire_after.map(|d| d.0),
             ready_timeout: raw.ready_timeout.map_or(Duration::from_secs(30), |d| d.0),
+            drain: raw.drain.map_or(Duration::from_secs(5), |d| d.0),
+            identity,
+            chaos: raw.chaos.unwrap_or_else(|| ChaosName::ALL.to_vec()),
+            status_records: raw.status_records.unwrap_or(true),
+            query_log,
         })
+    }
+}
+
+/// `<pod>@<node>` from the downward API (`POD_NAME`, `NODE_NAME`), else the host name.
+fn default_identity() -> String {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match (env("POD_NAME"), env("NODE_NAME")) {
+        (Some(pod), Some(node)) => format!("{pod}@{node}"),
+        (Some(pod), None) => pod,
+        _ => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "meshdns".into()),
     }
 }
 

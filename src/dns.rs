@@ -3,7 +3,10 @@
 //!
 //! The handler is thin: it checks the client against `allow`, the opcode, the EDNS version
 //! and the question count, loads the current snapshot once and asks the zone view
-//! ([`ZoneData::resolve`](crate::zone::ZoneData::resolve)) for the answer. Malformed packets
+//! ([`ZoneData::resolve`](crate::zone::ZoneData::resolve)) for the answer. It adds what
+//! operators debug with: NSID (RFC 5001), CHAOS `id.server`/`hostname.bind`/`version.bind`,
+//! and an Extended DNS Error "Stale Answer" (RFC 8914) when a cluster behind the answer lost
+//! its source. Malformed packets
 //! never reach it: hickory drops what has no readable header and answers FORMERR to what
 //! does not decode.
 
@@ -11,8 +14,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::{DNSClass, Record, RecordType};
+use hickory_proto::rr::rdata::TXT;
+use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption, NSIDPayload};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
@@ -20,34 +26,37 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 use ipnet::IpNet;
 use tokio::net::{TcpListener, UdpSocket};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use crate::catalog::CatalogReader;
+use crate::catalog::{CatalogReader, unix_now};
+use crate::config::{ChaosName, Config};
 use crate::metrics::{DnsMetrics, QueryLabels};
+use crate::model::SourceState;
 use crate::zone::Answer;
 
 /// How long an idle TCP connection is kept.
 const TCP_IDLE: Duration = Duration::from_secs(5);
 
-pub struct Handler {
-    catalog: CatalogReader,
-    allow: Vec<IpNet>,
-    max_udp_payload: u16,
-    metrics: Arc<DnsMetrics>,
+/// What the handler needs from the config; swapped whole on reload.
+#[derive(Clone, Debug)]
+pub struct DnsSettings {
+    pub allow: Vec<IpNet>,
+    pub max_udp_payload: u16,
+    /// NSID payload and CHAOS `id.server`/`hostname.bind`; `None`: hidden.
+    pub identity: Option<String>,
+    pub chaos: Vec<ChaosName>,
+    /// Fraction of queries logged.
+    pub query_log: f64,
 }
 
-impl Handler {
-    pub fn new(
-        catalog: CatalogReader,
-        allow: Vec<IpNet>,
-        max_udp_payload: u16,
-        metrics: Arc<DnsMetrics>,
-    ) -> Handler {
-        Handler {
-            catalog,
-            allow,
-            max_udp_payload,
-            metrics,
+impl DnsSettings {
+    pub fn from_config(config: &Config) -> DnsSettings {
+        DnsSettings {
+            allow: config.allow.clone(),
+            max_udp_payload: config.max_udp_payload,
+            identity: config.identity.clone(),
+            chaos: config.chaos.clone(),
+            query_log: config.query_log,
         }
     }
 
@@ -59,20 +68,59 @@ impl Handler {
         };
         self.allow.iter().any(|net| net.contains(&ip))
     }
+}
+
+/// EDE (RFC 8914) info code 3: the answer comes from stale data.
+const EDE_STALE_ANSWER: u16 = 3;
+/// The EDNS option code of Extended DNS Errors (hickory 0.26 has no type for it).
+const EDNS_EDE: u16 = 15;
+
+pub struct Handler {
+    catalog: CatalogReader,
+    settings: Arc<ArcSwap<DnsSettings>>,
+    metrics: Arc<DnsMetrics>,
+}
+
+impl Handler {
+    pub fn new(
+        catalog: CatalogReader,
+        settings: Arc<ArcSwap<DnsSettings>>,
+        metrics: Arc<DnsMetrics>,
+    ) -> Handler {
+        Handler {
+            catalog,
+            settings,
+            metrics,
+        }
+    }
 
     /// The OPT record of the response: present iff the request had one (RFC 6891), with our
-    /// payload size: the client's, capped at `max_udp_payload`, never below 512.
-    fn response_edns(&self, request: &Request) -> Option<Edns> {
+    /// payload size (the client's, capped at `max_udp_payload`, never below 512), NSID when
+    /// asked for (RFC 5001), and a "Stale Answer" EDE when `stale` names clusters.
+    fn response_edns(&self, s: &DnsSettings, request: &Request, stale: &[String]) -> Option<Edns> {
         let req = request.edns.as_ref()?;
         let mut edns = Edns::new();
         edns.set_version(0);
-        edns.set_max_payload(req.max_payload().clamp(512, self.max_udp_payload));
+        edns.set_max_payload(req.max_payload().clamp(512, s.max_udp_payload));
+        if req.option(EdnsCode::NSID).is_some()
+            && let Some(id) = &s.identity
+            && let Ok(payload) = NSIDPayload::new(id.as_bytes())
+        {
+            edns.options_mut().insert(EdnsOption::NSID(payload));
+        }
+        if !stale.is_empty() {
+            let text = format!("stale data from {}", stale.join(", "));
+            let mut data = EDE_STALE_ANSWER.to_be_bytes().to_vec();
+            data.extend_from_slice(text.as_bytes());
+            edns.options_mut()
+                .insert(EdnsOption::Unknown(EDNS_EDE, data));
+        }
         Some(edns)
     }
 
-    /// Decides the response: an rcode and, for a good question, the zone's answer.
-    fn decide(&self, request: &Request) -> Decision {
-        if !self.allowed(request.src().ip()) {
+    /// Decides the response: an rcode and, for a good question, an answer.
+    fn decide(&self, s: &DnsSettings, request: &Request) -> Decision {
+        if !s.allowed(request.src().ip()) {
             self.metrics.refused_clients.inc();
             return Decision::Error(ResponseCode::Refused);
         }
@@ -86,25 +134,71 @@ impl Handler {
             return Decision::Error(ResponseCode::FormErr);
         };
         let query = info.query.original();
-        match query.query_class() {
-            DNSClass::IN => {}
-            _ => return Decision::Error(ResponseCode::Refused),
-        }
-        match query.query_type() {
-            // We offer no zone transfers (yet): refuse, as RFC 5936 allows.
-            RecordType::AXFR | RecordType::IXFR => Decision::Error(ResponseCode::Refused),
-            RecordType::OPT => Decision::Error(ResponseCode::FormErr),
-            qtype => {
-                let snapshot = self.catalog.load();
-                Decision::Answer(snapshot.zone.resolve(query.name(), qtype))
+        match (query.query_class(), query.query_type()) {
+            (DNSClass::CH, qtype) => chaos(s, query.name(), qtype),
+            (DNSClass::IN, RecordType::AXFR | RecordType::IXFR) => {
+                // We offer no zone transfers (yet): refuse, as RFC 5936 allows.
+                Decision::Error(ResponseCode::Refused)
             }
+            (DNSClass::IN, RecordType::OPT) => Decision::Error(ResponseCode::FormErr),
+            (DNSClass::IN, qtype) => {
+                let snapshot = self.catalog.load();
+                let answer = snapshot.resolve(query.name(), qtype);
+                let stale = answer
+                    .sources
+                    .iter()
+                    .filter_map(|c| snapshot.cluster(c))
+                    .filter_map(|c| match c.state {
+                        SourceState::Stale { since_unix } => Some(format!(
+                            "{} (source lost {}s ago)",
+                            c.name,
+                            unix_now().saturating_sub(since_unix)
+                        )),
+                        _ => None,
+                    })
+                    .collect();
+                Decision::Answer(answer, stale)
+            }
+            _ => Decision::Error(ResponseCode::Refused),
         }
     }
 }
 
+/// CHAOS TXT names (`dig CH TXT id.server`): who answered, and which version.
+fn chaos(s: &DnsSettings, name: &Name, qtype: RecordType) -> Decision {
+    if !matches!(qtype, RecordType::TXT | RecordType::ANY) {
+        return Decision::Error(ResponseCode::Refused);
+    }
+    let asked = name.to_lowercase().to_ascii();
+    let Some(which) = s.chaos.iter().find(|c| c.name() == asked) else {
+        return Decision::Error(ResponseCode::Refused);
+    };
+    let text = match which {
+        ChaosName::VersionBind => format!("meshdns {}", env!("CARGO_PKG_VERSION")),
+        ChaosName::IdServer | ChaosName::HostnameBind => match &s.identity {
+            Some(id) => id.clone(),
+            None => return Decision::Error(ResponseCode::Refused),
+        },
+    };
+    let mut record = Record::from_rdata(name.clone(), 0, RData::TXT(TXT::new(vec![text])));
+    record.dns_class = DNSClass::CH;
+    Decision::Answer(
+        Answer {
+            rcode: ResponseCode::NoError,
+            authoritative: true,
+            answers: vec![record],
+            authority: Vec::new(),
+            additionals: Vec::new(),
+            sources: Vec::new(),
+        },
+        Vec::new(),
+    )
+}
+
 enum Decision {
     Error(ResponseCode),
-    Answer(Answer),
+    /// The answer and the stale clusters it uses.
+    Answer(Answer, Vec<String>),
 }
 
 #[async_trait::async_trait]
@@ -115,13 +209,18 @@ impl RequestHandler for Handler {
         mut response_handle: R,
     ) -> ResponseInfo {
         let started = Instant::now();
-        let edns = self.response_edns(request);
+        let settings = self.settings.load();
+        let decision = self.decide(&settings, request);
+        let stale: &[String] = match &decision {
+            Decision::Answer(_, stale) => stale,
+            Decision::Error(_) => &[],
+        };
+        let edns = self.response_edns(&settings, request, stale);
         let mut builder = MessageResponseBuilder::new(&request.queries, None);
         if let Some(edns) = &edns {
             builder.edns(edns);
         }
         let mut meta = Metadata::response_from_request(&request.metadata);
-        let decision = self.decide(request);
         let sent = match &decision {
             Decision::Error(rcode) => {
                 meta.response_code = *rcode;
@@ -129,7 +228,7 @@ impl RequestHandler for Handler {
                     .send_response(builder.build_no_records(meta))
                     .await
             }
-            Decision::Answer(a) => {
+            Decision::Answer(a, _) => {
                 meta.response_code = a.rcode;
                 meta.authoritative = a.authoritative;
                 let none: &[Record] = &[];
@@ -155,37 +254,47 @@ impl RequestHandler for Handler {
                 })
             }
         };
-        self.record(request, &info, started);
+        self.record(&settings, request, &info, started);
         info
     }
 }
 
 impl Handler {
-    fn record(&self, request: &Request, info: &ResponseInfo, started: Instant) {
-        let qtype = request
-            .queries
-            .queries()
-            .first()
-            .map_or_else(|| "none".to_string(), |q| q.query_type().to_string());
+    fn record(&self, s: &DnsSettings, request: &Request, info: &ResponseInfo, started: Instant) {
+        let query = request.queries.queries().first();
+        let qtype = query.map_or_else(|| "none".to_string(), |q| q.query_type().to_string());
         let transport = match request.protocol() {
             Protocol::Udp => "udp",
             Protocol::Tcp => "tcp",
             _ => "other",
         };
+        let rcode = rcode_name(info.response_code);
+        let elapsed = started.elapsed();
+        if s.query_log > 0.0 && fastrand::f64() < s.query_log {
+            info!(
+                src = %request.src(),
+                transport,
+                qname = %query.map_or_else(String::new, |q| q.name().to_string()),
+                qtype = %qtype,
+                rcode = %rcode,
+                answers = info.counts().answers,
+                tc = info.truncation,
+                micros = elapsed.as_micros() as u64,
+                "query"
+            );
+        }
         self.metrics
             .queries
             .get_or_create(&QueryLabels {
                 qtype,
-                rcode: rcode_name(info.response_code),
+                rcode,
                 transport,
             })
             .inc();
         if info.truncation {
             self.metrics.truncated.inc();
         }
-        self.metrics
-            .latency
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.latency.observe(elapsed.as_secs_f64());
     }
 }
 

@@ -21,13 +21,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand, ValueEnum};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::sources::Sources;
 
 /// Authoritative DNS for the services of every cluster in a fleet.
 ///
@@ -149,29 +150,27 @@ fn main() -> ExitCode {
         Command::Serve {
             dns_addr, ops_addr, ..
         } => {
-            if let Some(a) = dns_addr {
-                config.listen.dns = *a;
-            }
-            if let Some(a) = ops_addr {
-                config.listen.ops = *a;
-            }
-            runtime.block_on(serve(config))
+            let overrides = Listen {
+                dns: *dns_addr,
+                ops: *ops_addr,
+            };
+            overrides.apply(&mut config);
+            runtime.block_on(serve(config, config_path, overrides))
         }
         Command::Dump { timeout, .. } => runtime.block_on(dump(config, *timeout)),
         Command::Check { .. } => ExitCode::SUCCESS,
     }
 }
 
-async fn serve(config: Config) -> ExitCode {
+async fn serve(config: Config, config_path: PathBuf, overrides: Listen) -> ExitCode {
     let catalog = Catalog::new(&config);
     let reader = catalog.reader();
+    let sender = catalog.sender();
     let metrics = metrics::Metrics::new(reader.clone());
-    let handler = dns::Handler::new(
-        reader.clone(),
-        config.allow.clone(),
-        config.max_udp_payload,
-        metrics.dns.clone(),
-    );
+    let dns_settings = Arc::new(ArcSwap::from_pointee(dns::DnsSettings::from_config(
+        &config,
+    )));
+    let handler = dns::Handler::new(reader.clone(), dns_settings.clone(), metrics.dns.clone());
 
     let (udp, tcp) = match dns::bind(config.listen.dns).await {
         Ok(s) => s,
@@ -190,9 +189,8 @@ async fn serve(config: Config) -> ExitCode {
     let dns_addr = udp.local_addr().unwrap_or(config.listen.dns);
     let ops_addr = ops_listener.local_addr().unwrap_or(config.listen.ops);
 
-    let stop = CancellationToken::new();
-    let mut tasks = JoinSet::new();
-    sources::spawn_all(&config, &catalog, &stop, &mut tasks);
+    let mut sources = Sources::new(sender.clone());
+    sources.reconcile(&config);
     let catalog_task = tokio::spawn(catalog.run());
 
     let ops = Arc::new(ops::Ops {
@@ -202,7 +200,8 @@ async fn serve(config: Config) -> ExitCode {
         started: std::time::Instant::now(),
         ready_timeout: config.ready_timeout,
     });
-    tokio::spawn(ops::serve(ops_listener, ops.clone(), stop.clone()));
+    let ops_stop = CancellationToken::new();
+    let ops_task = tokio::spawn(ops::serve(ops_listener, ops.clone(), ops_stop.clone()));
     let mut server = dns::serve(handler, udp, tcp);
     info!(
         dns = %dns_addr,
@@ -212,45 +211,144 @@ async fn serve(config: Config) -> ExitCode {
         "meshdns listening"
     );
 
-    tokio::select! {
-        _ = shutdown_signal() => info!("shutting down"),
-        _ = dns::wait(&mut server) => {}
-    }
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut running = config;
+    let failed = loop {
+        tokio::select! {
+            sig = signals.next() => match sig {
+                Signal::Reload => {
+                    running = reload(running, &config_path, &overrides, &sender, &dns_settings, &mut sources);
+                }
+                Signal::Stop => {
+                    info!("shutting down");
+                    break false;
+                }
+            },
+            _ = dns::wait(&mut server) => break true,
+        }
+    };
+
+    // Lame duck: /readyz fails at once so the Service stops sending new clients here, while
+    // answers go on for the drain period; then the listeners close.
     ops.draining
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    stop.cancel();
+    if !failed && !running.drain.is_zero() {
+        info!(drain = ?running.drain, "draining: /readyz is 503, answers go on");
+        tokio::select! {
+            _ = tokio::time::sleep(running.drain) => {}
+            _ = signals.next() => info!("second signal: stopping now"),
+        }
+    }
     if let Err(e) = server.shutdown_gracefully().await {
         error!(error = %e, "DNS listeners ended with an error");
     }
-    while tasks.join_next().await.is_some() {}
+    ops_stop.cancel();
+    sources.shutdown().await;
+    drop(sender);
     let _ = catalog_task.await;
-    ExitCode::SUCCESS
+    let _ = ops_task.await;
+    info!("stopped");
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("cannot install signal handlers");
-        return std::future::pending().await;
+/// SIGHUP: loads the config again. A valid one is applied (sources of clusters added,
+/// removed or changed start or stop; the others are not touched); an invalid one is logged
+/// and the running one stays.
+fn reload(
+    running: Config,
+    path: &std::path::Path,
+    overrides: &Listen,
+    sender: &catalog::CatalogSender,
+    dns_settings: &ArcSwap<dns::DnsSettings>,
+    sources: &mut Sources,
+) -> Config {
+    let mut new = match load(path) {
+        Ok((c, _)) => c,
+        Err(e) => {
+            error!(error = %e, "SIGHUP: invalid configuration, keeping the running one");
+            return running;
+        }
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    overrides.apply(&mut new);
+    if new.listen != running.listen {
+        warn!(running = %running.listen, new = %new.listen, "listen addresses change only with a restart");
+        new.listen = running.listen.clone();
+    }
+    sender.reconfigure(&new);
+    dns_settings.store(Arc::new(dns::DnsSettings::from_config(&new)));
+    sources.reconcile(&new);
+    info!(
+        clusters = new.clusters.len(),
+        "SIGHUP: configuration reloaded"
+    );
+    new
+}
+
+/// `--dns-addr` / `--ops-addr`, which win over the config file's `listen`, also on reload.
+struct Listen {
+    dns: Option<SocketAddr>,
+    ops: Option<SocketAddr>,
+}
+
+impl Listen {
+    fn apply(&self, config: &mut Config) {
+        if let Some(a) = self.dns {
+            config.listen.dns = a;
+        }
+        if let Some(a) = self.ops {
+            config.listen.ops = a;
+        }
+    }
+}
+
+enum Signal {
+    Reload,
+    Stop,
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
+        }
     }
 }
 
 async fn dump(config: Config, timeout: Duration) -> ExitCode {
     let catalog = Catalog::new(&config);
     let reader = catalog.reader();
-    let stop = CancellationToken::new();
-    let mut tasks = JoinSet::new();
-    sources::spawn_all(&config, &catalog, &stop, &mut tasks);
+    let mut sources = Sources::new(catalog.sender());
+    sources.reconcile(&config);
     tokio::spawn(catalog.run());
     let synced = tokio::time::timeout(timeout, reader.wait_for(|s| s.all_synced())).await;
-    stop.cancel();
+    sources.shutdown().await;
     match synced {
         Ok(snap) => {
             print!("{}", snap.zone.master_file());

@@ -138,7 +138,7 @@ impl Collector for CatalogCollector {
         let snap = self.catalog.load();
         let now = unix_now();
         let clusters = &snap.clusters;
-        let name = |c: &crate::catalog::ClusterStatus| c.name.to_string();
+        let name = |c: &crate::model::ClusterStatus| c.name.to_string();
         gauge(
             &mut encoder,
             "meshdns_cluster_services",

@@ -170,6 +170,30 @@ pub fn is_port_name(s: &str) -> bool {
         && s.bytes().any(|c| c.is_ascii_lowercase())
 }
 
+/// What operators see of one cluster (`/debug/catalog`, metrics, readiness).
+#[derive(Clone, Debug)]
+pub struct ClusterStatus {
+    pub name: ClusterId,
+    pub region: Option<String>,
+    pub zones: Vec<String>,
+    pub state: SourceState,
+    /// Has this cluster's source delivered a complete slice at least once?
+    pub synced_once: bool,
+    pub slice: Slice,
+    pub endpoints: usize,
+    /// Unix seconds of the last change of this cluster's data.
+    pub last_change_unix: Option<u64>,
+    pub last_error: Option<String>,
+    /// Inputs rejected as invalid (e.g. file reloads), ever.
+    pub rejected: u64,
+    /// Whole-slice replacements (initial lists, relists, reloads), ever.
+    pub relists: u64,
+    /// Failures talking to the source (watch errors, unreachable API server), ever.
+    pub errors: u64,
+    /// Malformed objects (or parts of objects) skipped, ever.
+    pub skipped: u64,
+}
+
 /// The state of a cluster's source, as the catalog and operators see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SourceState {

@@ -10,6 +10,7 @@
 pub mod file;
 pub mod kube;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -17,8 +18,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info_span};
 
-use crate::catalog::{Catalog, SourceHandle, Update, unix_now};
-use crate::config::{Config, ConfigError, SourceConfig};
+use crate::catalog::{CatalogSender, SourceHandle, Update, unix_now};
+use crate::config::{ClusterConfig, Config, ConfigError, SourceConfig};
+use crate::model::ClusterId;
 use crate::model::SourceState;
 
 /// Checks what can be checked before serving: every file source parses and validates.
@@ -33,23 +35,66 @@ pub fn check(config: &Config) -> Result<usize, ConfigError> {
     Ok(services)
 }
 
-/// Starts one supervised task per cluster; each stops when `stop` is cancelled.
-pub fn spawn_all(
-    config: &Config,
-    catalog: &Catalog,
-    stop: &CancellationToken,
-    tasks: &mut JoinSet<()>,
-) {
-    for c in &config.clusters {
-        let handle = catalog.handle(&c.name);
-        let stop = stop.child_token();
+/// The running sources, one per cluster.
+pub struct Sources {
+    catalog: CatalogSender,
+    stop: CancellationToken,
+    running: HashMap<ClusterId, Running>,
+    tasks: JoinSet<()>,
+}
+
+struct Running {
+    source: SourceConfig,
+    stop: CancellationToken,
+}
+
+impl Sources {
+    pub fn new(catalog: CatalogSender) -> Sources {
+        Sources {
+            catalog,
+            stop: CancellationToken::new(),
+            running: HashMap::new(),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// Makes the running sources those of `config`: clusters removed (or whose source
+    /// changed) stop, clusters added (or changed) start, the others are not touched. A
+    /// restarted cluster keeps serving its last data until its new source has synced.
+    pub fn reconcile(&mut self, config: &Config) {
+        self.running.retain(|name, r| {
+            let keep = config
+                .clusters
+                .iter()
+                .any(|c| c.name == *name && c.source == r.source);
+            if !keep {
+                r.stop.cancel();
+            }
+            keep
+        });
+        for c in &config.clusters {
+            if !self.running.contains_key(&c.name) {
+                let stop = self.stop.child_token();
+                self.start(c, stop.clone());
+                self.running.insert(
+                    c.name.clone(),
+                    Running {
+                        source: c.source.clone(),
+                        stop,
+                    },
+                );
+            }
+        }
+    }
+
+    fn start(&mut self, c: &ClusterConfig, stop: CancellationToken) {
+        let handle = self.catalog.source(&c.name);
         match &c.source {
             SourceConfig::File(path) => {
                 let span = info_span!("source", cluster = %c.name, file = %path.display());
                 let path = path.clone();
-                let h = handle.clone();
-                let s = stop.clone();
-                tasks.spawn(supervise(span, handle, stop, move || {
+                let (h, s) = (handle.clone(), stop.clone());
+                self.tasks.spawn(supervise(span, handle, stop, move || {
                     file::run(path.clone(), h.clone(), s.clone())
                 }));
             }
@@ -60,13 +105,18 @@ pub fn spawn_all(
                     .map_or_else(|| "in-cluster".to_string(), |p| p.display().to_string());
                 let span = info_span!("source", cluster = %c.name, kube = %target);
                 let k = k.clone();
-                let h = handle.clone();
-                let s = stop.clone();
-                tasks.spawn(supervise(span, handle, stop, move || {
+                let (h, s) = (handle.clone(), stop.clone());
+                self.tasks.spawn(supervise(span, handle, stop, move || {
                     kube::run(k.clone(), h.clone(), s.clone())
                 }));
             }
         }
+    }
+
+    /// Stops every source and waits for them.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
     }
 }
 
@@ -101,6 +151,7 @@ async fn supervise<F, Fut>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::Catalog;
     use crate::model::Slice;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -116,27 +167,39 @@ mod tests {
         .unwrap();
         let catalog = Catalog::new(&config);
         let reader = catalog.reader();
-        let a = catalog.handle(&"a".into());
-        let b = catalog.handle(&"b".into());
+        let a = catalog.sender().source(&"a".into());
+        let b = catalog.sender().source(&"b".into());
         tokio::spawn(catalog.run());
         b.send(Update::Replace(Slice::new()));
         let runs = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
         let (r, h) = (runs.clone(), a.clone());
-        let sup = tokio::spawn(supervise(tracing::Span::none(), a, stop.clone(), move || {
-            let (r, h) = (r.clone(), h.clone());
-            async move {
-                let n = r.fetch_add(1, Ordering::SeqCst);
-                h.send(Update::Replace(Slice::new()));
-                if n == 0 {
-                    panic!("boom");
+        let sup = tokio::spawn(supervise(
+            tracing::Span::none(),
+            a,
+            stop.clone(),
+            move || {
+                let (r, h) = (r.clone(), h.clone());
+                async move {
+                    let n = r.fetch_add(1, Ordering::SeqCst);
+                    h.send(Update::Replace(Slice::new()));
+                    if n == 0 {
+                        panic!("boom");
+                    }
                 }
-            }
-        }));
+            },
+        ));
         sup.await.unwrap();
-        assert_eq!(runs.load(Ordering::SeqCst), 2, "restarted once after the panic");
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "restarted once after the panic"
+        );
         let snap = reader
-            .wait_for(|s| s.cluster("a").is_some_and(|c| c.errors == 1 && c.relists == 2))
+            .wait_for(|s| {
+                s.cluster("a")
+                    .is_some_and(|c| c.errors == 1 && c.relists == 2)
+            })
             .await;
         assert_eq!(snap.cluster("a").unwrap().last_error, None, "synced again");
         let b = snap.cluster("b").unwrap();

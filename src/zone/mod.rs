@@ -14,11 +14,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
 use crate::config::{Config, Nameserver};
-use crate::model::{ClusterId, ServiceKey};
+use crate::model::{ClusterId, ClusterStatus, ServiceKey, SourceState};
 use names::{ReverseZone, Target};
 use records::{Addrs, ServiceView};
 
@@ -37,6 +37,8 @@ pub struct ZoneSettings {
     glue: HashMap<LowerName, Vec<IpAddr>>,
     /// Answer order of clusters: the local cluster first, then config order.
     pub cluster_order: Vec<ClusterId>,
+    /// Whether `_status.<svc>.<ns>.svc.<zone>` TXT records are served.
+    pub status_records: bool,
 }
 
 impl ZoneSettings {
@@ -78,6 +80,7 @@ impl ZoneSettings {
             reverse,
             glue,
             cluster_order,
+            status_records: config.status_records,
         }
     }
 
@@ -95,6 +98,8 @@ pub struct Answer {
     pub answers: Vec<Record>,
     pub authority: Vec<Record>,
     pub additionals: Vec<Record>,
+    /// The clusters whose data the answer carries (for "stale answer" marks).
+    pub sources: Vec<ClusterId>,
 }
 
 impl Answer {
@@ -105,6 +110,7 @@ impl Answer {
             answers: Vec::new(),
             authority: Vec::new(),
             additionals: Vec::new(),
+            sources: Vec::new(),
         }
     }
 
@@ -115,7 +121,15 @@ impl Answer {
             answers,
             authority: Vec::new(),
             additionals: Vec::new(),
+            sources: Vec::new(),
         }
+    }
+
+    fn from(mut self, sources: impl IntoIterator<Item = ClusterId>) -> Answer {
+        if !self.answers.is_empty() {
+            self.sources.extend(sources);
+        }
+        self
     }
 }
 
@@ -133,7 +147,8 @@ pub struct ZoneData {
 
 /// A negative or positive answer kind, before records are attached.
 enum Found<'a> {
-    Addrs(&'a Addrs),
+    /// Addresses, and the clusters they come from.
+    Addrs(&'a Addrs, Vec<ClusterId>),
     NoData,
     NxDomain,
 }
@@ -286,16 +301,18 @@ impl ZoneData {
             answers: Vec::new(),
             authority: vec![self.soa(apex, self.settings.negative_ttl)],
             additionals: Vec::new(),
+            sources: Vec::new(),
         }
     }
 
     /// Answers `qtype` for `qname`. `qname` is used as asked for the owner of the answer
-    /// records, so the answer matches the question's letter case.
-    pub fn resolve(&self, qname: &Name, qtype: RecordType) -> Answer {
+    /// records, so the answer matches the question's letter case. `clusters` (the snapshot's
+    /// cluster states) feed the `_status` provenance records.
+    pub fn resolve(&self, qname: &Name, qtype: RecordType, clusters: &[ClusterStatus]) -> Answer {
         let lower = LowerName::new(qname);
         let s = &self.settings;
         if s.origin_lower.zone_of(&lower) {
-            self.resolve_forward(qname, &lower, qtype)
+            self.resolve_forward(qname, &lower, qtype, clusters)
         } else if let Some(zone) = s.reverse_zone_of(&lower) {
             self.resolve_reverse(zone, qname, &lower, qtype)
         } else {
@@ -303,7 +320,13 @@ impl ZoneData {
         }
     }
 
-    fn resolve_forward(&self, qname: &Name, lower: &LowerName, qtype: RecordType) -> Answer {
+    fn resolve_forward(
+        &self,
+        qname: &Name,
+        lower: &LowerName,
+        qtype: RecordType,
+        clusters: &[ClusterStatus],
+    ) -> Answer {
         let origin = &self.settings.origin;
         if let Some(addrs) = self.settings.glue.get(lower) {
             let addrs = addrs.iter().fold(Addrs::default(), |mut a, ip| {
@@ -331,14 +354,23 @@ impl ZoneData {
                         let rec = Record::from_rdata(qname.clone(), self.settings.ttl, cname);
                         return Answer::records(vec![rec]);
                     }
-                    None => Found::Addrs(&view.addrs),
+                    None => Found::Addrs(
+                        &view.addrs,
+                        view.clusters
+                            .iter()
+                            .filter(|p| !p.addrs.is_empty())
+                            .map(|p| p.cluster.clone())
+                            .collect(),
+                    ),
                 },
             },
             Target::Cluster { ns, svc, cluster } => self
                 .services
                 .get(&ServiceKey::new(ns, svc))
                 .and_then(|v| v.cluster(cluster))
-                .map_or(Found::NxDomain, |p| Found::Addrs(&p.addrs)),
+                .map_or(Found::NxDomain, |p| {
+                    Found::Addrs(&p.addrs, vec![p.cluster.clone()])
+                }),
             Target::Endpoint {
                 ns,
                 svc,
@@ -348,8 +380,8 @@ impl ZoneData {
                 .services
                 .get(&ServiceKey::new(ns, svc))
                 .and_then(|v| v.cluster(cluster))
-                .and_then(|p| p.endpoints.get(host))
-                .map_or(Found::NxDomain, Found::Addrs),
+                .and_then(|p| p.endpoints.get(host).map(|a| (a, p.cluster.clone())))
+                .map_or(Found::NxDomain, |(a, c)| Found::Addrs(a, vec![c])),
             Target::SrvProto { ns, svc, proto } => {
                 match self.services.get(&ServiceKey::new(ns, svc)) {
                     Some(v) if v.srv.iter().any(|s| s.proto == proto) => Found::NoData,
@@ -377,16 +409,78 @@ impl ZoneData {
                 }
                 return self.srv_answer(qname, view, set);
             }
+            Target::Status { ns, svc } => match self.services.get(&ServiceKey::new(ns, svc)) {
+                None => Found::NxDomain,
+                Some(_) if !matches!(qtype, RecordType::TXT | RecordType::ANY) => Found::NoData,
+                Some(view) if self.settings.status_records => {
+                    return Answer::records(vec![self.status_record(qname, view, clusters)]);
+                }
+                Some(_) => Found::NxDomain,
+            },
             Target::None => Found::NxDomain,
         };
         match found {
             Found::NxDomain => self.negative(origin, ResponseCode::NXDomain),
             Found::NoData => self.negative(origin, ResponseCode::NoError),
-            Found::Addrs(addrs) => {
+            Found::Addrs(addrs, sources) => {
                 let recs = addr_records(qname, self.settings.ttl, addrs, Family::of(qtype, addrs));
-                self.positive_or_nodata(origin, recs)
+                self.positive_or_nodata(origin, recs).from(sources)
             }
         }
+    }
+
+    /// `_status.<svc>.<ns>.svc.<zone>` TXT: one string per cluster that has the service —
+    /// its state, the age of its data and the endpoints it contributes.
+    fn status_record(
+        &self,
+        qname: &Name,
+        view: &ServiceView,
+        clusters: &[ClusterStatus],
+    ) -> Record {
+        let now = crate::catalog::unix_now();
+        let mut strings = Vec::new();
+        for status in clusters {
+            let part = view.cluster(&status.name);
+            let has = part.is_some() || status.slice.contains_key(&view.key);
+            if !has {
+                continue;
+            }
+            let state = match status.state {
+                SourceState::Stale { since_unix } => {
+                    format!("stale for {}s", now.saturating_sub(since_unix))
+                }
+                other => other.name().to_string(),
+            };
+            let age = status
+                .last_change_unix
+                .map_or_else(|| "never".into(), |t| format!("{}s", now.saturating_sub(t)));
+            let endpoints: Vec<String> = part
+                .map(|p| p.addrs.iter().map(|ip| ip.to_string()).collect())
+                .unwrap_or_default();
+            let line = format!(
+                "cluster={} state={} data_age={} endpoints={}",
+                status.name,
+                state,
+                age,
+                if endpoints.is_empty() {
+                    "-".into()
+                } else {
+                    endpoints.join(",")
+                }
+            );
+            // A TXT string holds at most 255 bytes; long lists continue in the next string.
+            let mut rest = line.as_str();
+            while !rest.is_empty() {
+                let mut cut = rest.len().min(255);
+                while !rest.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                strings.push(rest[..cut].to_string());
+                rest = &rest[cut..];
+            }
+        }
+        strings.push(format!("serial={}", self.serial));
+        Record::from_rdata(qname.clone(), 0, RData::TXT(TXT::new(strings)))
     }
 
     fn positive_or_nodata(&self, apex: &Name, recs: Vec<Record>) -> Answer {
@@ -440,7 +534,7 @@ impl ZoneData {
                 additionals.extend(addrs.iter().map(|ip| addr_record(&target, ttl, ip)));
             }
         }
-        let mut a = Answer::records(answers);
+        let mut a = Answer::records(answers).from(view.clusters.iter().map(|p| p.cluster.clone()));
         a.additionals = additionals;
         a
     }

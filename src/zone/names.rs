@@ -9,6 +9,7 @@
 //! <host>.<cluster>.<svc>.<ns>.svc.<zone>        Endpoint
 //! _<proto>.<svc>.<ns>.svc.<zone>                SrvProto   (empty non-terminal)
 //! _<port>._<proto>.<svc>.<ns>.svc.<zone>        Srv
+//! _status.<svc>.<ns>.svc.<zone>                 Status     (TXT: provenance, for operators)
 //! ```
 //! Parsing is pure and case-insensitive; whether the thing named exists is the lookup's job.
 
@@ -52,6 +53,10 @@ pub enum Target<'a> {
         port: &'a str,
         proto: Protocol,
     },
+    Status {
+        ns: &'a str,
+        svc: &'a str,
+    },
     /// In the zone, but not a name we can ever have.
     None,
 }
@@ -83,6 +88,7 @@ pub fn parse<'a>(origin: &LowerName, name: &'a LowerName) -> Target<'a> {
         [_] => Target::Ent,
         [_, ns] => Target::Namespace(ns),
         [_, ns, svc] => Target::Service { ns, svc },
+        [_, ns, svc, "_status"] => Target::Status { ns, svc },
         [_, ns, svc, x] => match x.strip_prefix('_') {
             Some(p) => match Protocol::from_label(p) {
                 Some(proto) => Target::SrvProto { ns, svc, proto },
@@ -229,6 +235,13 @@ mod tests {
                 },
             ),
             ("_http._quic.a.b.svc.clusterset.local.", Target::None),
+            (
+                "_Status.reviews.bookinfo.svc.clusterset.local.",
+                Target::Status {
+                    ns: "bookinfo",
+                    svc: "reviews",
+                },
+            ),
             ("_x.a.b.svc.clusterset.local.", Target::None),
             ("_x.y.a.b.svc.clusterset.local.", Target::None),
             ("www.clusterset.local.", Target::None),

@@ -28,6 +28,10 @@ impl Addrs {
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.v4
             .iter()
@@ -46,13 +50,15 @@ pub struct ClusterPart {
     pub endpoints: BTreeMap<Arc<str>, Addrs>,
 }
 
+/// One SRV target: (index into `ServiceView::clusters`, endpoint label, port).
+pub type SrvTarget = (usize, Arc<str>, u16);
+
 /// SRV data for one named port: `_<name>._<proto>.<svc>.<ns>.svc.<zone>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SrvSet {
     pub name: Arc<str>,
     pub proto: Protocol,
-    /// (index into `ServiceView::clusters`, endpoint label, port).
-    pub targets: Vec<(usize, Arc<str>, u16)>,
+    pub targets: Vec<SrvTarget>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,7 +112,7 @@ impl ServiceView {
             srv: Vec::new(),
         };
         // (port name, proto) → targets, kept sorted for a stable answer.
-        let mut srv: BTreeMap<(Arc<str>, Protocol), Vec<(usize, Arc<str>, u16)>> = BTreeMap::new();
+        let mut srv: BTreeMap<(Arc<str>, Protocol), Vec<SrvTarget>> = BTreeMap::new();
         for (cluster, service) in parts {
             if matches!(service, Service::ExternalName(_)) {
                 continue;
