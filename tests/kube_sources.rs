@@ -529,3 +529,34 @@ fn streaming_lists() {
         d.answer_data() == ["10.11.1.5"]
     });
 }
+
+#[test]
+fn stale_answers_carry_an_extended_dns_error() {
+    let f = istiod_fleet();
+    let m = Meshdns::start(&f.config("", ""));
+    let d = m.dig("reviews.bookinfo.svc.clusterset.local A");
+    assert!(!d.raw.contains("EDE"), "{}", d.raw);
+    f.set_down("beta", true);
+    wait_for("beta stale", &m, || cluster_field(&m, "beta", "state") == "stale");
+
+    // Answers that use beta's data say so (RFC 8914 code 3), naming beta.
+    let d = m.dig("reviews.bookinfo.svc.clusterset.local A");
+    assert_eq!(d.answer.len(), 3, "{}", d.raw);
+    assert!(d.raw.contains("EDE: 3 (Stale Answer)"), "{}", d.raw);
+    assert!(d.raw.contains("stale data from beta"), "{}", d.raw);
+    let d = m.dig("beta.reviews.bookinfo.svc.clusterset.local A");
+    assert!(d.raw.contains("EDE: 3 (Stale Answer)"), "{}", d.raw);
+    // Answers that do not use it do not.
+    let d = m.dig("alpha.reviews.bookinfo.svc.clusterset.local A");
+    assert!(!d.raw.contains("EDE"), "{}", d.raw);
+    let d = m.dig("istiod.istio-system.svc.clusterset.local A");
+    assert!(!d.raw.contains("EDE"), "{}", d.raw);
+    // The provenance record shows the state too.
+    let d = m.dig("_status.reviews.bookinfo.svc.clusterset.local TXT");
+    assert!(d.raw.contains("cluster=beta state=stale for"), "{}", d.raw);
+
+    f.set_down("beta", false);
+    wait_for("beta synced", &m, || cluster_field(&m, "beta", "state") == "synced");
+    let d = m.dig("reviews.bookinfo.svc.clusterset.local A");
+    assert!(!d.raw.contains("EDE"), "{}", d.raw);
+}

@@ -139,6 +139,11 @@ impl Meshdns {
         let _ = Command::new("kill")
             .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status();
+        self.wait_exit(timeout)
+    }
+
+    /// Waits for the process to exit by itself: its exit code, or `None` on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
