@@ -171,7 +171,7 @@ impl Collector for CatalogCollector {
         counter(
             &mut encoder,
             "meshdns_cluster_errors",
-            "Failures talking to a cluster's source (watch errors, unreachable API server)",
+            "Failures talking to a cluster's source (watch errors, each followed by a restart of that watch with backoff; unreachable API server)",
             clusters.iter().map(|c| (name(c), c.errors)),
         )?;
         counter(
@@ -222,6 +222,13 @@ impl Collector for CatalogCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(snap.zone.services.len() as i64).encode(m)?;
+        m = encoder.encode_descriptor(
+            "meshdns_catalog_records",
+            "Records served: SOA, NS, glue, addresses of every name, SRV, CNAME, PTR",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(snap.zone.record_count() as i64).encode(m)?;
         m = encoder.encode_descriptor(
             "meshdns_catalog_build_seconds",
             "Time to build the served snapshot",

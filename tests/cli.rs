@@ -654,7 +654,29 @@ fn sigterm_stops_serve_with_exit_0() {
         m.dig("reviews.bookinfo.svc.clusterset.local A").status,
         "NOERROR"
     );
-    let code = m.signal_and_wait("TERM", Duration::from_secs(15));
+    let sent = Command::new("kill")
+        .args(["-TERM", &m.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    // While it drains (if it does), it says so on /readyz and still answers.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && m.is_running() {
+        match support::http_get(m.ops, "/readyz") {
+            Ok((503, _)) => {
+                let d = m.dig("reviews.bookinfo.svc.clusterset.local A");
+                assert!(
+                    d.status == "NOERROR" || !m.is_running(),
+                    "no answer while draining:\n{}",
+                    d.raw
+                );
+                break;
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => break,
+        }
+    }
+    let code = m.wait_exit(Duration::from_secs(15));
     assert_eq!(code, Some(0), "log:\n{}", m.logs());
     assert!(m.logs().contains("shutting down"), "log:\n{}", m.logs());
     drop((idle, partial));

@@ -537,7 +537,9 @@ fn stale_answers_carry_an_extended_dns_error() {
     let d = m.dig("reviews.bookinfo.svc.clusterset.local A");
     assert!(!d.raw.contains("EDE"), "{}", d.raw);
     f.set_down("beta", true);
-    wait_for("beta stale", &m, || cluster_field(&m, "beta", "state") == "stale");
+    wait_for("beta stale", &m, || {
+        cluster_field(&m, "beta", "state") == "stale"
+    });
 
     // Answers that use beta's data say so (RFC 8914 code 3), naming beta.
     let d = m.dig("reviews.bookinfo.svc.clusterset.local A");
@@ -556,7 +558,9 @@ fn stale_answers_carry_an_extended_dns_error() {
     assert!(d.raw.contains("cluster=beta state=stale for"), "{}", d.raw);
 
     f.set_down("beta", false);
-    wait_for("beta synced", &m, || cluster_field(&m, "beta", "state") == "synced");
+    wait_for("beta synced", &m, || {
+        cluster_field(&m, "beta", "state") == "synced"
+    });
     let d = m.dig("reviews.bookinfo.svc.clusterset.local A");
     assert!(!d.raw.contains("EDE"), "{}", d.raw);
 }

@@ -37,23 +37,42 @@ fn metrics_health_and_debug_endpoints() {
     let (code, body) = http_get(m.ops, "/metrics").unwrap();
     assert_eq!(code, 200);
     for (prefix, at_least) in [
-        ("meshdns_dns_queries_total{qtype=\"A\",rcode=\"NOERROR\",transport=\"udp\"}", 1.0),
-        ("meshdns_dns_queries_total{qtype=\"A\",rcode=\"NXDOMAIN\",transport=\"udp\"}", 1.0),
-        ("meshdns_dns_queries_total{qtype=\"A\",rcode=\"NOERROR\",transport=\"tcp\"}", 1.0),
-        ("meshdns_dns_queries_total{qtype=\"A\",rcode=\"REFUSED\",transport=\"udp\"}", 1.0),
+        (
+            "meshdns_dns_queries_total{qtype=\"A\",rcode=\"NOERROR\",transport=\"udp\"}",
+            1.0,
+        ),
+        (
+            "meshdns_dns_queries_total{qtype=\"A\",rcode=\"NXDOMAIN\",transport=\"udp\"}",
+            1.0,
+        ),
+        (
+            "meshdns_dns_queries_total{qtype=\"A\",rcode=\"NOERROR\",transport=\"tcp\"}",
+            1.0,
+        ),
+        (
+            "meshdns_dns_queries_total{qtype=\"A\",rcode=\"REFUSED\",transport=\"udp\"}",
+            1.0,
+        ),
         ("meshdns_dns_request_duration_seconds_count", 4.0),
         ("meshdns_dns_truncated_total", 0.0),
         ("meshdns_dns_refused_clients_total", 0.0),
         ("meshdns_cluster_services{cluster=\"alpha\"}", 5.0),
         ("meshdns_cluster_endpoints{cluster=\"alpha\"}", 7.0),
-        ("meshdns_cluster_source_state{cluster=\"beta\",state=\"synced\"}", 1.0),
-        ("meshdns_cluster_seconds_since_change{cluster=\"gamma\"}", 0.0),
+        (
+            "meshdns_cluster_source_state{cluster=\"beta\",state=\"synced\"}",
+            1.0,
+        ),
+        (
+            "meshdns_cluster_seconds_since_change{cluster=\"gamma\"}",
+            0.0,
+        ),
         ("meshdns_cluster_relists_total{cluster=\"vms\"}", 1.0),
         ("meshdns_cluster_skipped_total{cluster=\"vms\"}", 0.0),
         ("meshdns_cluster_errors_total{cluster=\"vms\"}", 0.0),
         ("meshdns_cluster_rejected_total{cluster=\"vms\"}", 0.0),
         ("meshdns_catalog_serial", 1.0),
         ("meshdns_catalog_services", 7.0),
+        ("meshdns_catalog_records", 40.0),
         ("meshdns_catalog_build_seconds", 0.0),
         ("meshdns_catalog_stale_clusters", 0.0),
     ] {
@@ -122,10 +141,17 @@ fn nsid_chaos_and_provenance() {
         let d = m.dig(&format!("CH TXT {name}"));
         assert_eq!(d.status, "NOERROR", "{}", d.raw);
         assert_eq!(d.answer_data(), ["\"meshdns-test@node-7\""], "{}", d.raw);
-        assert!(d.raw.contains("CH\tTXT") || d.raw.contains("CH TXT"), "{}", d.raw);
+        assert!(
+            d.raw.contains("CH\tTXT") || d.raw.contains("CH TXT"),
+            "{}",
+            d.raw
+        );
     }
     let d = m.dig("CH TXT version.bind");
-    assert_eq!(d.answer_data(), [format!("\"meshdns {}\"", env!("CARGO_PKG_VERSION"))]);
+    assert_eq!(
+        d.answer_data(),
+        [format!("\"meshdns {}\"", env!("CARGO_PKG_VERSION"))]
+    );
     assert_eq!(m.dig("CH TXT authors.bind").status, "REFUSED");
 
     // Provenance: which clusters contributed which endpoints, their state and data age.
@@ -144,7 +170,8 @@ fn nsid_chaos_and_provenance() {
     }
     assert!(!txt.contains("cluster=vms"), "{txt}");
     assert_eq!(
-        m.dig("_status.nope.bookinfo.svc.clusterset.local TXT").status,
+        m.dig("_status.nope.bookinfo.svc.clusterset.local TXT")
+            .status,
         "NXDOMAIN"
     );
 
@@ -156,7 +183,8 @@ fn nsid_chaos_and_provenance() {
     assert_eq!(m.dig("CH TXT id.server").status, "REFUSED");
     assert_eq!(m.dig("CH TXT version.bind").status, "REFUSED");
     assert_eq!(
-        m.dig("_status.reviews.bookinfo.svc.clusterset.local TXT").status,
+        m.dig("_status.reviews.bookinfo.svc.clusterset.local TXT")
+            .status,
         "NXDOMAIN"
     );
 }
@@ -173,7 +201,10 @@ fn query_log_is_off_by_default_and_on_when_asked() {
     let m = Meshdns::start(&demo.config());
     m.dig("reviews.bookinfo.svc.clusterset.local A");
     let deadline = Instant::now() + WAIT;
-    while !m.logs().contains("qname=reviews.bookinfo.svc.clusterset.local.") {
+    while !m
+        .logs()
+        .contains("qname=reviews.bookinfo.svc.clusterset.local.")
+    {
         assert!(Instant::now() < deadline, "{}", m.logs());
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -203,7 +234,10 @@ fn sigterm_drains_then_exits() {
     }
     assert!(answered > 3);
     assert_eq!(m.wait_exit(WAIT), Some(0), "{}", m.logs());
-    assert!(started.elapsed() >= Duration::from_secs(2), "exited before the drain ended");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "exited before the drain ended"
+    );
 }
 
 #[test]
@@ -245,14 +279,18 @@ fn sighup_reloads_clusters_and_keeps_the_running_config_when_broken() {
     });
     assert_eq!(d.answer[0].ttl, 7);
     assert_eq!(
-        m.dig("gamma.reviews.bookinfo.svc.clusterset.local A").status,
+        m.dig("gamma.reviews.bookinfo.svc.clusterset.local A")
+            .status,
         "NXDOMAIN"
     );
     // alpha's source was not restarted (no new whole-slice load).
     assert_eq!(relists("alpha"), alpha_before);
 
     // A broken config is rejected with a log line; the running one stays.
-    demo.write("meshdns.yaml", &new_cfg.replace("ttl: 7s", "ttl: 7 parsecs"));
+    demo.write(
+        "meshdns.yaml",
+        &new_cfg.replace("ttl: 7s", "ttl: 7 parsecs"),
+    );
     hup();
     let deadline = Instant::now() + WAIT;
     while !m.logs().contains("keeping the running one") {
@@ -264,7 +302,8 @@ fn sighup_reloads_clusters_and_keeps_the_running_config_when_broken() {
     assert_eq!(d.answer.len(), 4);
     assert_eq!(d.answer[0].ttl, 7);
     assert_eq!(
-        m.dig("delta.reviews.bookinfo.svc.clusterset.local A").answer_data(),
+        m.dig("delta.reviews.bookinfo.svc.clusterset.local A")
+            .answer_data(),
         ["10.20.0.5"]
     );
 }

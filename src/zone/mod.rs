@@ -229,6 +229,31 @@ impl ZoneData {
         out
     }
 
+    /// How many records the zone serves (SOA, NS, glue, every name's addresses, SRV, CNAME,
+    /// PTR). O(services): for scrapes, not for the query path.
+    pub fn record_count(&self) -> usize {
+        let apex = 1
+            + self.settings.nameservers.len()
+            + self.settings.glue.values().map(Vec::len).sum::<usize>();
+        let services: usize = self
+            .services
+            .values()
+            .map(|v| {
+                if v.external_name.is_some() {
+                    return 1;
+                }
+                let parts: usize = v
+                    .clusters
+                    .iter()
+                    .map(|p| p.addrs.len() + p.endpoints.values().map(Addrs::len).sum::<usize>())
+                    .sum();
+                v.addrs.len() + parts + v.srv.iter().map(|s| s.targets.len()).sum::<usize>()
+            })
+            .sum();
+        let ptr: usize = self.ptr.values().map(|n| n.len()).sum();
+        apex + services + ptr
+    }
+
     /// `<label>.<cluster>.<svc>.<ns>.svc.<zone>`
     pub fn endpoint_name(&self, key: &ServiceKey, cluster: &str, label: &str) -> Option<Name> {
         Name::from_labels([

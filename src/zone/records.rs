@@ -28,6 +28,10 @@ impl Addrs {
         }
     }
 
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.v4.is_empty() && self.v6.is_empty()
     }
