@@ -22,6 +22,8 @@ pub const DEFAULT_ZONE: &str = "clusterset.local.";
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// The file this config came from.
+    pub path: PathBuf,
     pub zone: Name,
     pub listen: Listen,
     /// Record TTL, seconds.
@@ -94,6 +96,8 @@ pub struct ClusterConfig {
     pub zones: Vec<String>,
     pub networks: Vec<IpNet>,
     pub source: SourceConfig,
+    /// Where `source` is written in the config file (line, column), for errors found later.
+    pub source_at: (u64, u64),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -325,6 +329,7 @@ impl Config {
                     format!("duplicate cluster name {:?}", c.name.value),
                 ));
             }
+            let source_at = (c.source.referenced.line(), c.source.referenced.column());
             let source = match c.source.value {
                 RawSource::Kube(k) => {
                     if let Some(sel) = &k.label_selector
@@ -358,6 +363,7 @@ impl Config {
                 zones: c.zones,
                 networks: c.networks,
                 source,
+                source_at,
             });
         }
 
@@ -447,6 +453,7 @@ impl Config {
         };
 
         Ok(Config {
+            path: path.to_owned(),
             zone,
             listen: Listen {
                 dns: raw

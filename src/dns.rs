@@ -19,11 +19,12 @@ use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCo
 use hickory_proto::rr::rdata::TXT;
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption, NSIDPayload};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::BinDecoder;
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 use ipnet::IpNet;
 use tokio::net::{TcpListener, UdpSocket};
 use tracing::{debug, info, warn};
@@ -216,7 +217,14 @@ impl RequestHandler for Handler {
             Decision::Error(_) => &[],
         };
         let edns = self.response_edns(&settings, request, stale);
-        let mut builder = MessageResponseBuilder::new(&request.queries, None);
+        // Echo the question only when there is exactly one: a FORMERR for 100 questions must
+        // not be larger than the request (nor fail to encode past 512 bytes).
+        let no_questions = Queries::read(&mut BinDecoder::new(&[]), 0);
+        let queries = match &no_questions {
+            Ok(empty) if request.queries.len() != 1 => empty,
+            _ => &request.queries,
+        };
+        let mut builder = MessageResponseBuilder::new(queries, None);
         if let Some(edns) = &edns {
             builder.edns(edns);
         }

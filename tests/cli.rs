@@ -332,7 +332,7 @@ fn serve_rejects_bad_configs_before_binding() {
 /// reported with the fleet file's path only; the config line that names it (and the key
 /// `clusters[0].source.file`) are not.
 #[test]
-#[ignore = "src bug: a missing fleet file's error does not name the config line and key"]
+
 fn missing_fleet_file_error_names_the_config_line_and_key() {
     let case = BAD_CONFIGS
         .iter()

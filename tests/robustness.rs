@@ -1319,10 +1319,12 @@ fn tcp_odd_framing_is_survived() {
 /// every question into its error response; past 512 bytes hickory cannot encode it, logs an
 /// ERROR for each such packet (any client can flood the log) and sends a bare SERVFAIL.
 #[test]
-#[ignore = "src bug: 12+ questions over UDP get SERVFAIL and an ERROR log line (dns.rs echoes all questions)"]
+
 fn many_questions_get_formerr_without_error_logs() {
     let (_demo, m) = start();
-    for n in [12u16, 20, 100] {
+    // Up to 60 questions the packet fits hickory's 4096-byte UDP buffer; a larger one is
+    // cut by the socket read and answered FORMERR by hickory itself.
+    for n in [12u16, 20, 60] {
         let mut p = header(0x0c00 | n, 0, n, 0, 0, 0);
         for _ in 0..n {
             p.extend(question(&wire_name(REVIEWS), A, IN));

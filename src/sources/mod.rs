@@ -27,9 +27,22 @@ use crate::model::SourceState;
 /// Returns the number of services found in files.
 pub fn check(config: &Config) -> Result<usize, ConfigError> {
     let mut services = 0;
-    for c in &config.clusters {
+    for (i, c) in config.clusters.iter().enumerate() {
         if let SourceConfig::File(path) = &c.source {
-            services += file::load(path)?.len();
+            services += match file::load(path) {
+                Ok(slice) => slice.len(),
+                // A file that cannot be read at all is the config's error: say where it is named.
+                Err(ConfigError::Read { path, source }) => {
+                    return Err(ConfigError::Invalid {
+                        path: config.path.clone(),
+                        line: c.source_at.0,
+                        column: c.source_at.1,
+                        key: format!("clusters[{i}].source.file"),
+                        message: format!("cannot read {}: {source}", path.display()),
+                    });
+                }
+                Err(e) => return Err(e),
+            };
         }
     }
     Ok(services)
