@@ -89,13 +89,15 @@ impl Snapshot {
         self.clusters.iter().find(|c| &*c.name == name)
     }
 
-    /// Answers one question from this snapshot (see [`ZoneData::resolve`]).
+    /// Answers one question from this snapshot for a client at `client` (see
+    /// [`ZoneData::resolve`]).
     pub fn resolve(
         &self,
         qname: &hickory_proto::rr::Name,
         qtype: hickory_proto::rr::RecordType,
+        client: &crate::zone::locality::Locality,
     ) -> crate::zone::Answer {
-        self.zone.resolve(qname, qtype, &self.clusters)
+        self.zone.resolve(qname, qtype, &self.clusters, client)
     }
 }
 
@@ -324,7 +326,8 @@ impl Writer {
                     .clusters
                     .iter()
                     .filter_map(|c| c.slice.get(key).map(|s| (&c.name, &**s)));
-                let view = ServiceView::build(key.clone(), parts).map(Arc::new);
+                let view =
+                    ServiceView::build(key.clone(), parts, &state.zone.settings).map(Arc::new);
                 state.zone.set_service(key, view);
             }
             state.zone.serial = next_serial(state.zone.serial);
@@ -526,6 +529,7 @@ mod tests {
 
     fn service(ips: &[&str]) -> Arc<Service> {
         Arc::new(Service::Endpoints {
+            policy: Default::default(),
             ports: vec![],
             endpoints: ips
                 .iter()
@@ -574,7 +578,7 @@ mod tests {
         let snap = reader.wait_for(|s| s.all_synced()).await;
         let view = snap.zone.services.get(&key).unwrap();
         // beta is local: first.
-        let ips: Vec<String> = view.addrs.iter().map(|i| i.to_string()).collect();
+        let ips: Vec<String> = view.members.iter().map(|m| m.ip.to_string()).collect();
         assert_eq!(ips, ["10.1.0.1", "10.0.0.1"]);
         assert!(SerialNumber::new(snap.serial()) > SerialNumber::new(first_serial));
 

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use crate::model::{ClusterId, is_dns_label};
+use crate::model::{AnswerPolicy, ClusterId, Policy, ServiceKey, is_dns_label};
 
 pub const DEFAULT_ZONE: &str = "clusterset.local.";
 
@@ -54,6 +54,25 @@ pub struct Config {
     pub status_records: bool,
     /// Fraction of queries logged (0: off, 1: all).
     pub query_log: f64,
+    pub locality: LocalityConfig,
+}
+
+/// How answers use the client's locality.
+#[derive(Clone, Debug, Default)]
+pub struct LocalityConfig {
+    /// The global policy and answer cap (policy defaults to `all`).
+    pub default: AnswerPolicy,
+    /// Per-service overrides; they win over the service's own annotations.
+    pub services: Vec<(ServiceKey, AnswerPolicy)>,
+    /// Forwarders whose EDNS Client Subnet is believed (RFC 7871).
+    pub ecs_from: Vec<IpNet>,
+}
+
+/// A range of client addresses (nodes, VMs) and, if known, their zone.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientNetwork {
+    pub net: IpNet,
+    pub zone: Option<String>,
 }
 
 /// A CHAOS-class name meshdns can answer (`dig CH TXT id.server`).
@@ -95,6 +114,8 @@ pub struct ClusterConfig {
     pub region: Option<String>,
     pub zones: Vec<String>,
     pub networks: Vec<IpNet>,
+    /// More client ranges of this cluster (nodes, VMs), with their zone when known.
+    pub client_networks: Vec<ClientNetwork>,
     pub source: SourceConfig,
     /// Where `source` is written in the config file (line, column), for errors found later.
     pub source_at: (u64, u64),
@@ -219,6 +240,40 @@ struct RawConfig {
     status_records: Option<bool>,
     #[serde(default)]
     query_log: Option<Spanned<f64>>,
+    #[serde(default)]
+    locality: RawLocality,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLocality {
+    #[serde(default)]
+    policy: Option<Policy>,
+    #[serde(default)]
+    max_answers: Option<u16>,
+    #[serde(default)]
+    ecs_from: Vec<IpNet>,
+    #[serde(default)]
+    services: Vec<RawServicePolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServicePolicy {
+    namespace: Spanned<String>,
+    name: Spanned<String>,
+    #[serde(default)]
+    policy: Option<Policy>,
+    #[serde(default)]
+    max_answers: Option<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientNetwork {
+    net: IpNet,
+    #[serde(default)]
+    zone: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -240,6 +295,8 @@ struct RawCluster {
     zones: Vec<String>,
     #[serde(default)]
     networks: Vec<IpNet>,
+    #[serde(default)]
+    client_networks: Vec<RawClientNetwork>,
     source: Spanned<RawSource>,
 }
 
@@ -362,6 +419,14 @@ impl Config {
                 region: c.region,
                 zones: c.zones,
                 networks: c.networks,
+                client_networks: c
+                    .client_networks
+                    .into_iter()
+                    .map(|n| ClientNetwork {
+                        net: n.net.trunc(),
+                        zone: n.zone,
+                    })
+                    .collect(),
                 source,
                 source_at,
             });
@@ -452,6 +517,34 @@ impl Config {
             Some(s) => Some(s.to_string()),
         };
 
+        let mut overrides = Vec::with_capacity(raw.locality.services.len());
+        for (i, s) in raw.locality.services.into_iter().enumerate() {
+            for (what, v) in [("namespace", &s.namespace), ("name", &s.name)] {
+                if !is_dns_label(&v.value) {
+                    return Err(invalid(
+                        &v.referenced,
+                        &format!("locality.services[{i}].{what}"),
+                        format!("{:?} is not a DNS label", v.value),
+                    ));
+                }
+            }
+            overrides.push((
+                ServiceKey::new(&s.namespace.value, &s.name.value),
+                AnswerPolicy {
+                    policy: s.policy,
+                    max_answers: s.max_answers.filter(|m| *m > 0),
+                },
+            ));
+        }
+        let locality = LocalityConfig {
+            default: AnswerPolicy {
+                policy: Some(raw.locality.policy.unwrap_or_default()),
+                max_answers: raw.locality.max_answers.filter(|m| *m > 0),
+            },
+            services: overrides,
+            ecs_from: raw.locality.ecs_from,
+        };
+
         Ok(Config {
             path: path.to_owned(),
             zone,
@@ -480,6 +573,7 @@ impl Config {
             chaos: raw.chaos.unwrap_or_else(|| ChaosName::ALL.to_vec()),
             status_records: raw.status_records.unwrap_or(true),
             query_log,
+            locality,
         })
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::TXT;
-use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption, NSIDPayload};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption, NSIDPayload};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::BinDecoder;
 use hickory_server::Server;
@@ -48,6 +48,8 @@ pub struct DnsSettings {
     pub chaos: Vec<ChaosName>,
     /// Fraction of queries logged.
     pub query_log: f64,
+    /// Forwarders whose EDNS Client Subnet option is believed.
+    pub ecs_from: Vec<IpNet>,
 }
 
 impl DnsSettings {
@@ -58,16 +60,77 @@ impl DnsSettings {
             identity: config.identity.clone(),
             chaos: config.chaos.clone(),
             query_log: config.query_log,
+            ecs_from: config.locality.ecs_from.clone(),
         }
     }
 
     fn allowed(&self, ip: IpAddr) -> bool {
-        // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
+        contains(&self.allow, ip)
+    }
+}
+
+fn contains(nets: &[IpNet], ip: IpAddr) -> bool {
+    // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    nets.iter().any(|net| net.contains(&ip))
+}
+
+/// The client a query is for: the sender, or the subnet a trusted forwarder names in EDNS
+/// Client Subnet (RFC 7871).
+struct Client {
+    ip: IpAddr,
+    /// The request's ECS option and whether we believed it.
+    ecs: Option<(ClientSubnet, bool)>,
+}
+
+impl Client {
+    fn of(s: &DnsSettings, request: &Request) -> Client {
+        let src = request.src().ip();
+        let subnet = request
+            .edns
+            .as_ref()
+            .and_then(|e| match e.option(EdnsCode::Subnet) {
+                Some(EdnsOption::Subnet(cs)) => Some(*cs),
+                _ => None,
+            });
+        match subnet {
+            // SOURCE PREFIX-LENGTH 0: the client asks not to be located by its subnet.
+            Some(cs) if cs.source_prefix() > 0 && contains(&s.ecs_from, src) => Client {
+                ip: cs.addr(),
+                ecs: Some((cs, true)),
+            },
+            Some(cs) => Client {
+                ip: src,
+                ecs: Some((cs, false)),
+            },
+            None => Client { ip: src, ecs: None },
+        }
+    }
+
+    /// The ECS option of the response: the request's family, address and source prefix,
+    /// with SCOPE = how much of the address the answer depended on — the prefix of the
+    /// network that located it (the source prefix when none did), 0 when ECS was not used.
+    fn response_ecs(&self, located_by: Option<u8>) -> Option<ClientSubnet> {
+        let (cs, used) = self.ecs?;
+        let scope = if used {
+            located_by.unwrap_or(cs.source_prefix())
+        } else {
+            0
         };
-        self.allow.iter().any(|net| net.contains(&ip))
+        Some(ClientSubnet::new(cs.addr(), cs.source_prefix(), scope))
+    }
+
+    /// The response's ECS option with a given scope.
+    fn response_ecs_scope(&self, scope: Option<u8>) -> Option<ClientSubnet> {
+        let (cs, _) = self.ecs?;
+        Some(ClientSubnet::new(
+            cs.addr(),
+            cs.source_prefix(),
+            scope.unwrap_or(0),
+        ))
     }
 }
 
@@ -98,7 +161,13 @@ impl Handler {
     /// The OPT record of the response: present iff the request had one (RFC 6891), with our
     /// payload size (the client's, capped at `max_udp_payload`, never below 512), NSID when
     /// asked for (RFC 5001), and a "Stale Answer" EDE when `stale` names clusters.
-    fn response_edns(&self, s: &DnsSettings, request: &Request, stale: &[String]) -> Option<Edns> {
+    fn response_edns(
+        &self,
+        s: &DnsSettings,
+        request: &Request,
+        stale: &[String],
+        ecs: Option<ClientSubnet>,
+    ) -> Option<Edns> {
         let req = request.edns.as_ref()?;
         let mut edns = Edns::new();
         edns.set_version(0);
@@ -108,6 +177,9 @@ impl Handler {
             && let Ok(payload) = NSIDPayload::new(id.as_bytes())
         {
             edns.options_mut().insert(EdnsOption::NSID(payload));
+        }
+        if let Some(ecs) = ecs {
+            edns.options_mut().insert(EdnsOption::Subnet(ecs));
         }
         if !stale.is_empty() {
             let text = format!("stale data from {}", stale.join(", "));
@@ -120,7 +192,7 @@ impl Handler {
     }
 
     /// Decides the response: an rcode and, for a good question, an answer.
-    fn decide(&self, s: &DnsSettings, request: &Request) -> Decision {
+    fn decide(&self, s: &DnsSettings, request: &Request, client: &Client) -> Decision {
         if !s.allowed(request.src().ip()) {
             self.metrics.refused_clients.inc();
             return Decision::Error(ResponseCode::Refused);
@@ -144,7 +216,8 @@ impl Handler {
             (DNSClass::IN, RecordType::OPT) => Decision::Error(ResponseCode::FormErr),
             (DNSClass::IN, qtype) => {
                 let snapshot = self.catalog.load();
-                let answer = snapshot.resolve(query.name(), qtype);
+                let (locality, located_by) = snapshot.zone.settings.locality.locate(client.ip);
+                let answer = snapshot.resolve(query.name(), qtype, locality);
                 let stale = answer
                     .sources
                     .iter()
@@ -158,7 +231,7 @@ impl Handler {
                         _ => None,
                     })
                     .collect();
-                Decision::Answer(answer, stale)
+                Decision::Answer(answer, stale, client.response_ecs(located_by))
             }
             _ => Decision::Error(ResponseCode::Refused),
         }
@@ -193,13 +266,14 @@ fn chaos(s: &DnsSettings, name: &Name, qtype: RecordType) -> Decision {
             sources: Vec::new(),
         },
         Vec::new(),
+        None,
     )
 }
 
 enum Decision {
     Error(ResponseCode),
-    /// The answer and the stale clusters it uses.
-    Answer(Answer, Vec<String>),
+    /// The answer, the stale clusters it uses, and the response's ECS option.
+    Answer(Answer, Vec<String>, Option<ClientSubnet>),
 }
 
 #[async_trait::async_trait]
@@ -211,12 +285,14 @@ impl RequestHandler for Handler {
     ) -> ResponseInfo {
         let started = Instant::now();
         let settings = self.settings.load();
-        let decision = self.decide(&settings, request);
-        let stale: &[String] = match &decision {
-            Decision::Answer(_, stale) => stale,
-            Decision::Error(_) => &[],
+        let client = Client::of(&settings, request);
+        let decision = self.decide(&settings, request, &client);
+        let (stale, ecs): (&[String], _) = match &decision {
+            Decision::Answer(_, stale, ecs) => (stale, *ecs),
+            // Not located (refused, malformed): the answer does not depend on the subnet.
+            Decision::Error(_) => (&[], client.response_ecs_scope(Some(0))),
         };
-        let edns = self.response_edns(&settings, request, stale);
+        let edns = self.response_edns(&settings, request, stale, ecs);
         // Echo the question only when there is exactly one: a FORMERR for 100 questions must
         // not be larger than the request (nor fail to encode past 512 bytes).
         let no_questions = Queries::read(&mut BinDecoder::new(&[]), 0);
@@ -236,7 +312,7 @@ impl RequestHandler for Handler {
                     .send_response(builder.build_no_records(meta))
                     .await
             }
-            Decision::Answer(a, _) => {
+            Decision::Answer(a, ..) => {
                 meta.response_code = a.rcode;
                 meta.authoritative = a.authoritative;
                 let none: &[Record] = &[];

@@ -48,6 +48,8 @@ pub enum Service {
     Endpoints {
         ports: Vec<Port>,
         endpoints: Vec<Endpoint>,
+        /// What the service itself asks for (Service annotations, file keys).
+        policy: AnswerPolicy,
     },
     /// `type: ExternalName`: answered with a CNAME.
     ExternalName(Name),
@@ -67,6 +69,46 @@ impl Service {
         match self {
             Service::Endpoints { ports, .. } => ports,
             Service::ExternalName(_) => &[],
+        }
+    }
+}
+
+/// How a service's answers use locality. `None` fields inherit (config override, then the
+/// global `locality` settings).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AnswerPolicy {
+    pub policy: Option<Policy>,
+    /// At most this many addresses (or SRV targets) per answer.
+    pub max_answers: Option<u16>,
+}
+
+impl AnswerPolicy {
+    /// `self`, with what it leaves unset taken from `other`.
+    pub fn or(self, other: AnswerPolicy) -> AnswerPolicy {
+        AnswerPolicy {
+            policy: self.policy.or(other.policy),
+            max_answers: self.max_answers.or(other.max_answers),
+        }
+    }
+}
+
+/// Which endpoints an answer carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Every ready endpoint, nearest first.
+    #[default]
+    All,
+    /// Only the nearest tier that has a ready endpoint: regional failover.
+    Nearest,
+}
+
+impl Policy {
+    pub fn parse(s: &str) -> Option<Policy> {
+        match s.trim() {
+            "all" => Some(Policy::All),
+            "nearest" => Some(Policy::Nearest),
+            _ => None,
         }
     }
 }

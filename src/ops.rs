@@ -140,8 +140,10 @@ pub fn catalog_json(snap: &Snapshot) -> serde_json::Value {
                         "namespace": &*k.namespace, "name": &*k.name,
                         "external_name": n.to_ascii(),
                     }),
-                    Service::Endpoints { ports, endpoints } => json!({
+                    Service::Endpoints { ports, endpoints, policy } => json!({
                         "namespace": &*k.namespace, "name": &*k.name,
+                        "policy": policy.policy.map(|p| format!("{p:?}").to_lowercase()),
+                        "max_answers": policy.max_answers,
                         "ports": ports.iter().map(|p| json!({
                             "name": p.name.as_deref(), "port": p.port, "protocol": p.protocol.label(),
                         })).collect::<Vec<_>>(),

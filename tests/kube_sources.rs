@@ -564,3 +564,30 @@ fn stale_answers_carry_an_extended_dns_error() {
     let d = m.dig("reviews.bookinfo.svc.clusterset.local A");
     assert!(!d.raw.contains("EDE"), "{}", d.raw);
 }
+
+#[test]
+fn service_annotations_set_the_answer_policy() {
+    let f = Fleet::new(&["alpha"]);
+    let mut capped = service("app", "capped");
+    capped["metadata"]["annotations"] =
+        json!({ "meshdns.io/max-answers": "1", "meshdns.io/locality-policy": "nearest" });
+    let mut bad = service("app", "bad");
+    bad["metadata"]["annotations"] = json!({ "meshdns.io/locality-policy": "closest" });
+    f.api("alpha").apply_many(vec![
+        capped,
+        slice(
+            "app",
+            "capped-1",
+            "capped",
+            "IPv4",
+            &[("10.10.0.1", true), ("10.10.0.2", true)],
+        ),
+        bad,
+        slice("app", "bad-1", "bad", "IPv4", &[("10.10.0.3", true)]),
+    ]);
+    let m = Meshdns::start(&f.config("", ""));
+    assert_eq!(a(&m, "capped.app.svc.clusterset.local"), ["10.10.0.1"]);
+    // A malformed annotation makes the service unusable: skipped and counted, not guessed.
+    assert_eq!(m.dig("bad.app.svc.clusterset.local A").status, "NXDOMAIN");
+    assert!(cluster_field(&m, "alpha", "skipped").as_u64().unwrap() >= 1);
+}

@@ -33,7 +33,8 @@ use tracing::{info, warn};
 use crate::catalog::{SourceHandle, Update};
 use crate::config::{ConfigError, parse_fqdn};
 use crate::model::{
-    Endpoint, Port, Protocol, Service, ServiceKey, Slice, is_dns_label, is_port_name,
+    AnswerPolicy, Endpoint, Policy, Port, Protocol, Service, ServiceKey, Slice, is_dns_label,
+    is_port_name,
 };
 
 const POLL: Duration = Duration::from_millis(250);
@@ -65,6 +66,12 @@ struct FileService {
     /// Like `publishNotReadyAddresses`: answer endpoints that are not ready.
     #[serde(default)]
     publish_not_ready: bool,
+    /// Locality policy of this service: `all` or `nearest` (default: the config's).
+    #[serde(default)]
+    policy: Option<Policy>,
+    /// At most this many answers per response (default: the config's).
+    #[serde(default)]
+    max_answers: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -215,7 +222,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Slice, ConfigError> {
                     ready: e.ready || s.publish_not_ready,
                 });
             }
-            Service::Endpoints { ports, endpoints }
+            Service::Endpoints {
+                ports,
+                endpoints,
+                policy: AnswerPolicy {
+                    policy: s.policy,
+                    max_answers: s.max_answers.filter(|m| *m > 0),
+                },
+            }
         };
         slice.insert(key, Arc::new(service));
     }
@@ -317,7 +331,9 @@ services:
         assert_eq!(slice.len(), 2);
         let reviews = slice.get(&ServiceKey::new("bookinfo", "reviews")).unwrap();
         match &**reviews {
-            Service::Endpoints { ports, endpoints } => {
+            Service::Endpoints {
+                ports, endpoints, ..
+            } => {
                 assert_eq!(ports.len(), 2);
                 assert_eq!(endpoints.len(), 2, "duplicate address merged");
                 assert!(endpoints[0].ready && !endpoints[1].ready);

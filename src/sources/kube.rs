@@ -38,11 +38,15 @@ use tracing::{debug, info, warn};
 use crate::catalog::{SourceHandle, Update, unix_now};
 use crate::config::{Export, KubeSourceConfig, parse_fqdn};
 use crate::model::{
-    Endpoint, Port, Protocol, Service, ServiceKey, Slice, SourceState, is_dns_label, is_port_name,
+    AnswerPolicy, Endpoint, Policy, Port, Protocol, Service, ServiceKey, Slice, SourceState,
+    is_dns_label, is_port_name,
 };
 
 /// The label a Service carries to be published with `export: labeled`.
 pub const EXPORT_LABEL: &str = "meshdns.io/export";
+/// Service annotations that set its locality policy (`all` | `nearest`) and answer cap.
+pub const POLICY_ANNOTATION: &str = "meshdns.io/locality-policy";
+pub const MAX_ANSWERS_ANNOTATION: &str = "meshdns.io/max-answers";
 /// The label that ties an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Server-side watch timeout; the client treats 5 s more of silence as a dead connection.
@@ -56,6 +60,7 @@ struct SvcInfo {
     kind: SvcKind,
     publish_not_ready: bool,
     labeled: bool,
+    policy: AnswerPolicy,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -263,7 +268,11 @@ impl Mirror {
             }
         }
         ports.sort();
-        Some(Service::Endpoints { ports, endpoints })
+        Some(Service::Endpoints {
+            ports,
+            endpoints,
+            policy: info.policy,
+        })
     }
 
     fn slice(&self, export: Export) -> Slice {
@@ -296,6 +305,22 @@ fn parse_service(svc: &KService) -> Result<(ServiceKey, SvcInfo), Skip> {
         _ => SvcKind::Normal,
     };
     let labeled = svc.labels().get(EXPORT_LABEL).is_some_and(|v| v == "true");
+    let annotations = svc.annotations();
+    let policy = AnswerPolicy {
+        policy: match annotations.get(POLICY_ANNOTATION) {
+            None => None,
+            Some(v) => Some(Policy::parse(v).ok_or_else(|| {
+                format!("service {ns}/{name}: {POLICY_ANNOTATION}: {v:?} is not all or nearest")
+            })?),
+        },
+        max_answers: match annotations.get(MAX_ANSWERS_ANNOTATION) {
+            None => None,
+            Some(v) => Some(v.trim().parse::<u16>().map_err(|_| {
+                format!("service {ns}/{name}: {MAX_ANSWERS_ANNOTATION}: {v:?} is not a number")
+            })?)
+            .filter(|m| *m > 0),
+        },
+    };
     Ok((
         ServiceKey::new(&ns, &name),
         SvcInfo {
@@ -304,6 +329,7 @@ fn parse_service(svc: &KService) -> Result<(ServiceKey, SvcInfo), Skip> {
                 .and_then(|s| s.publish_not_ready_addresses)
                 .unwrap_or(false),
             labeled,
+            policy,
         },
     ))
 }
@@ -918,7 +944,9 @@ mod tests {
             ]
         );
         match &s {
-            Service::Endpoints { ports, endpoints } => {
+            Service::Endpoints {
+                ports, endpoints, ..
+            } => {
                 assert_eq!(ports.len(), 2);
                 assert_eq!(endpoints[0].hostname.as_deref(), Some("web-0"));
                 assert_eq!(endpoints[0].zone.as_deref(), Some("z1"));

@@ -5,6 +5,7 @@
 //! sees one consistent version. [`ZoneData::resolve`] answers a question; it never fails and
 //! never touches a socket, which is what the DNS front end, `dump` and the tests share.
 
+pub mod locality;
 pub mod names;
 pub mod records;
 
@@ -18,7 +19,8 @@ use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
 use crate::config::{Config, Nameserver};
-use crate::model::{ClusterId, ClusterStatus, ServiceKey, SourceState};
+use crate::model::{AnswerPolicy, ClusterId, ClusterStatus, ServiceKey, SourceState};
+use locality::{Locality, LocalityMap, Tier};
 use names::{ReverseZone, Target};
 use records::{Addrs, ServiceView};
 
@@ -39,6 +41,11 @@ pub struct ZoneSettings {
     pub cluster_order: Vec<ClusterId>,
     /// Whether `_status.<svc>.<ns>.svc.<zone>` TXT records are served.
     pub status_records: bool,
+    /// Client address → locality.
+    pub locality: LocalityMap,
+    regions: HashMap<ClusterId, Option<Arc<str>>>,
+    policy_default: AnswerPolicy,
+    policy_overrides: HashMap<ServiceKey, AnswerPolicy>,
 }
 
 impl ZoneSettings {
@@ -81,7 +88,29 @@ impl ZoneSettings {
             glue,
             cluster_order,
             status_records: config.status_records,
+            locality: LocalityMap::from_config(config),
+            regions: config
+                .clusters
+                .iter()
+                .map(|c| (c.name.clone(), c.region.as_deref().map(Arc::from)))
+                .collect(),
+            policy_default: config.locality.default,
+            policy_overrides: config.locality.services.iter().cloned().collect(),
         }
+    }
+
+    pub fn region_of(&self, cluster: &str) -> Option<Arc<str>> {
+        self.regions.get(cluster).cloned().flatten()
+    }
+
+    /// A service's effective policy: the config's override, else its own, else the default.
+    pub fn policy_for(&self, key: &ServiceKey, own: AnswerPolicy) -> AnswerPolicy {
+        self.policy_overrides
+            .get(key)
+            .copied()
+            .unwrap_or_default()
+            .or(own)
+            .or(self.policy_default)
     }
 
     fn reverse_zone_of(&self, name: &LowerName) -> Option<&ReverseZone> {
@@ -247,7 +276,7 @@ impl ZoneData {
                     .iter()
                     .map(|p| p.addrs.len() + p.endpoints.values().map(Addrs::len).sum::<usize>())
                     .sum();
-                v.addrs.len() + parts + v.srv.iter().map(|s| s.targets.len()).sum::<usize>()
+                v.members.len() + parts + v.srv.iter().map(|s| s.targets.len()).sum::<usize>()
             })
             .sum();
         let ptr: usize = self.ptr.values().map(|n| n.len()).sum();
@@ -333,11 +362,17 @@ impl ZoneData {
     /// Answers `qtype` for `qname`. `qname` is used as asked for the owner of the answer
     /// records, so the answer matches the question's letter case. `clusters` (the snapshot's
     /// cluster states) feed the `_status` provenance records.
-    pub fn resolve(&self, qname: &Name, qtype: RecordType, clusters: &[ClusterStatus]) -> Answer {
+    pub fn resolve(
+        &self,
+        qname: &Name,
+        qtype: RecordType,
+        clusters: &[ClusterStatus],
+        client: &Locality,
+    ) -> Answer {
         let lower = LowerName::new(qname);
         let s = &self.settings;
         if s.origin_lower.zone_of(&lower) {
-            self.resolve_forward(qname, &lower, qtype, clusters)
+            self.resolve_forward(qname, &lower, qtype, clusters, client)
         } else if let Some(zone) = s.reverse_zone_of(&lower) {
             self.resolve_reverse(zone, qname, &lower, qtype)
         } else {
@@ -351,6 +386,7 @@ impl ZoneData {
         lower: &LowerName,
         qtype: RecordType,
         clusters: &[ClusterStatus],
+        client: &Locality,
     ) -> Answer {
         let origin = &self.settings.origin;
         if let Some(addrs) = self.settings.glue.get(lower) {
@@ -379,23 +415,24 @@ impl ZoneData {
                         let rec = Record::from_rdata(qname.clone(), self.settings.ttl, cname);
                         return Answer::records(vec![rec]);
                     }
-                    None => Found::Addrs(
-                        &view.addrs,
-                        view.clusters
-                            .iter()
-                            .filter(|p| !p.addrs.is_empty())
-                            .map(|p| p.cluster.clone())
-                            .collect(),
-                    ),
+                    None => {
+                        return self.members_answer(qname, qtype, view, client, None);
+                    }
                 },
             },
-            Target::Cluster { ns, svc, cluster } => self
-                .services
-                .get(&ServiceKey::new(ns, svc))
-                .and_then(|v| v.cluster(cluster))
-                .map_or(Found::NxDomain, |p| {
-                    Found::Addrs(&p.addrs, vec![p.cluster.clone()])
-                }),
+            Target::Cluster { ns, svc, cluster } => {
+                let key = ServiceKey::new(ns, svc);
+                let found = self
+                    .services
+                    .get(&key)
+                    .and_then(|v| v.cluster_index(cluster).map(|i| (v, i)));
+                match found {
+                    Some((view, idx)) => {
+                        return self.members_answer(qname, qtype, view, client, Some(idx));
+                    }
+                    None => Found::NxDomain,
+                }
+            }
             Target::Endpoint {
                 ns,
                 svc,
@@ -432,7 +469,7 @@ impl ZoneData {
                 if !matches!(qtype, RecordType::SRV | RecordType::ANY) || set.targets.is_empty() {
                     return self.negative(origin, ResponseCode::NoError);
                 }
-                return self.srv_answer(qname, view, set);
+                return self.srv_answer(qname, view, set, client);
             }
             Target::Status { ns, svc } => match self.services.get(&ServiceKey::new(ns, svc)) {
                 None => Found::NxDomain,
@@ -541,27 +578,94 @@ impl ZoneData {
         }
     }
 
-    fn srv_answer(&self, qname: &Name, view: &ServiceView, set: &records::SrvSet) -> Answer {
+    /// SRV for one named port: priority = the target's locality tier, equal weights; the
+    /// service's policy (`nearest`, `max_answers`) applies.
+    fn srv_answer(
+        &self,
+        qname: &Name,
+        view: &ServiceView,
+        set: &records::SrvSet,
+        client: &Locality,
+    ) -> Answer {
         let ttl = self.settings.ttl;
-        let mut answers = Vec::with_capacity(set.targets.len());
-        let mut additionals = Vec::with_capacity(set.targets.len());
-        for (idx, label, port) in &set.targets {
-            let Some(part) = view.clusters.get(*idx) else {
+        let mut tiered: Vec<(Tier, &records::SrvTarget)> = set
+            .targets
+            .iter()
+            .map(|t| (view.tier(client, t.cluster, t.zone.as_deref()), t))
+            .collect();
+        tiered.sort_by_key(|(tier, _)| *tier);
+        view.apply_policy(&mut tiered);
+        let mut answers = Vec::with_capacity(tiered.len());
+        let mut additionals = Vec::with_capacity(tiered.len());
+        let mut sources: Vec<ClusterId> = Vec::new();
+        for (tier, t) in tiered {
+            let Some(part) = view.clusters.get(t.cluster) else {
                 continue;
             };
-            let Some(target) = self.endpoint_name(&view.key, &part.cluster, label) else {
+            let Some(target) = self.endpoint_name(&view.key, &part.cluster, &t.label) else {
                 continue;
             };
-            // Priority 0, equal weights: locality tiers come with the locality work.
-            let srv = SRV::new(0, 1, *port, target.clone());
+            let srv = SRV::new(u16::from(tier), 1, t.port, target.clone());
             answers.push(Record::from_rdata(qname.clone(), ttl, RData::SRV(srv)));
-            if let Some(addrs) = part.endpoints.get(label) {
+            if let Some(addrs) = part.endpoints.get(&t.label) {
                 additionals.extend(addrs.iter().map(|ip| addr_record(&target, ttl, ip)));
             }
+            if !sources.contains(&part.cluster) {
+                sources.push(part.cluster.clone());
+            }
         }
-        let mut a = Answer::records(answers).from(view.clusters.iter().map(|p| p.cluster.clone()));
+        let mut a = Answer::records(answers).from(sources);
         a.additionals = additionals;
         a
+    }
+
+    /// A/AAAA of a service (all clusters, or cluster `only`), nearest tier first; for the
+    /// whole service the policy (`nearest`, `max_answers`) applies.
+    fn members_answer(
+        &self,
+        qname: &Name,
+        qtype: RecordType,
+        view: &ServiceView,
+        client: &Locality,
+        only: Option<usize>,
+    ) -> Answer {
+        let origin = &self.settings.origin;
+        let members = view
+            .members
+            .iter()
+            .filter(|m| only.is_none_or(|c| m.cluster == c));
+        let family = match qtype {
+            RecordType::A => Family::V4,
+            RecordType::AAAA => Family::V6,
+            // ANY answers one family (RFC 8482): IPv4 when there is any, else IPv6.
+            RecordType::ANY if members.clone().any(|m| m.ip.is_ipv4()) => Family::V4,
+            RecordType::ANY => Family::V6,
+            _ => return self.negative(origin, ResponseCode::NoError),
+        };
+        let mut tiered: Vec<(Tier, &records::Member)> = members
+            .filter(|m| family.has(&m.ip))
+            .map(|m| (view.tier(client, m.cluster, m.zone.as_deref()), m))
+            .collect();
+        tiered.sort_by_key(|(tier, _)| *tier);
+        if only.is_none() {
+            view.apply_policy(&mut tiered);
+        }
+        if tiered.is_empty() {
+            return self.negative(origin, ResponseCode::NoError);
+        }
+        let mut sources: Vec<ClusterId> = Vec::new();
+        let answers = tiered
+            .iter()
+            .map(|(_, m)| {
+                if let Some(p) = view.clusters.get(m.cluster)
+                    && !sources.contains(&p.cluster)
+                {
+                    sources.push(p.cluster.clone());
+                }
+                addr_record(qname, self.settings.ttl, m.ip)
+            })
+            .collect();
+        Answer::records(answers).from(sources)
     }
 
     fn resolve_reverse(
@@ -601,7 +705,8 @@ impl ZoneData {
     }
 
     /// The forward zone as an RFC 1035 master file: SOA first, then every name in order.
-    /// These are exactly the records [`ZoneData::resolve`] answers with.
+    /// These are exactly the records [`ZoneData::resolve`] answers with to a client outside
+    /// every configured network (the local cluster's locality), in the order it answers.
     pub fn master_file(&self) -> String {
         let mut out = String::new();
         let origin = &self.settings.origin;
@@ -626,7 +731,13 @@ impl ZoneData {
                 ));
                 continue;
             }
-            recs.extend(addr_records(&name, ttl, &view.addrs, Some(Family::Both)));
+            let client = self.settings.locality.default_locality();
+            for qtype in [RecordType::A, RecordType::AAAA] {
+                recs.extend(
+                    self.members_answer(&name, qtype, view, client, None)
+                        .answers,
+                );
+            }
             for set in &view.srv {
                 let Ok(srv_name) = Name::from_labels([
                     format!("_{}", set.name).as_bytes(),
@@ -635,13 +746,16 @@ impl ZoneData {
                 .and_then(|n| n.append_domain(&name)) else {
                     continue;
                 };
-                recs.extend(self.srv_answer(&srv_name, view, set).answers);
+                recs.extend(self.srv_answer(&srv_name, view, set, client).answers);
             }
-            for part in &view.clusters {
+            for (idx, part) in view.clusters.iter().enumerate() {
                 let Ok(cname) = name.prepend_label(part.cluster.as_bytes()) else {
                     continue;
                 };
-                recs.extend(addr_records(&cname, ttl, &part.addrs, Some(Family::Both)));
+                for qtype in [RecordType::A, RecordType::AAAA] {
+                    let answer = self.members_answer(&cname, qtype, view, client, Some(idx));
+                    recs.extend(answer.answers);
+                }
                 for (label, addrs) in &part.endpoints {
                     if let Ok(ename) = cname.prepend_label(label.as_bytes()) {
                         recs.extend(addr_records(&ename, ttl, addrs, Some(Family::Both)));
