@@ -120,7 +120,12 @@ fn main() -> ExitCode {
     let (mut config, file_services) = match load(&config_path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("Invalid configuration: {e}");
+            match cli.log_format {
+                // Plain, for the person who ran `check` or `serve`.
+                LogFormat::Text => eprintln!("Invalid configuration: {e}"),
+                // One JSON line, like every other line of a JSON log.
+                LogFormat::Json => error!("Invalid configuration: {e}"),
+            }
             return ExitCode::from(2);
         }
     };
