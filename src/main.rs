@@ -207,7 +207,13 @@ async fn serve(config: Config, config_path: PathBuf, overrides: Listen) -> ExitC
     });
     let ops_stop = CancellationToken::new();
     let ops_task = tokio::spawn(ops::serve(ops_listener, ops.clone(), ops_stop.clone()));
-    let mut server = dns::serve(handler, udp, tcp);
+    let mut server = match dns::serve(handler, udp, tcp) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot start the DNS listeners");
+            return ExitCode::FAILURE;
+        }
+    };
     info!(
         dns = %dns_addr,
         ops = %ops_addr,
@@ -250,9 +256,7 @@ async fn serve(config: Config, config_path: PathBuf, overrides: Listen) -> ExitC
             _ = signals.next() => info!("second signal: stopping now"),
         }
     }
-    if let Err(e) = server.shutdown_gracefully().await {
-        error!(error = %e, "DNS listeners ended with an error");
-    }
+    server.shutdown().await;
     ops_stop.cancel();
     sources.shutdown().await;
     drop(sender);

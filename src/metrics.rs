@@ -33,6 +33,8 @@ pub struct DnsMetrics {
     pub latency: Histogram,
     pub truncated: Counter,
     pub refused_clients: Counter,
+    /// UDP answers served from the cache of encoded answers.
+    pub cached: Counter,
 }
 
 pub struct Metrics {
@@ -49,6 +51,7 @@ impl Metrics {
             latency: Histogram::new(exponential_buckets(0.000_01, 2.0, 16)),
             truncated: Counter::default(),
             refused_clients: Counter::default(),
+            cached: Counter::default(),
         });
         registry.register(
             "meshdns_dns_queries",
@@ -69,6 +72,11 @@ impl Metrics {
             "meshdns_dns_refused_clients",
             "Queries refused because the client is outside `allow`",
             dns.refused_clients.clone(),
+        );
+        registry.register(
+            "meshdns_dns_cached_answers",
+            "UDP answers served from the cache of encoded answers (the fast path)",
+            dns.cached.clone(),
         );
         registry.register_collector(Box::new(CatalogCollector { catalog }));
         Metrics { registry, dns }

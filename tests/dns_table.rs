@@ -438,3 +438,92 @@ fn an_editor_rename_does_not_empty_the_cluster() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Flips the letter case of every other letter: a different spelling of the same name.
+fn flip_case(q: &str) -> String {
+    let (name, rest) = q.split_once(' ').unwrap_or((q, ""));
+    let flipped: String = name
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i % 2 == 0 {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
+        })
+        .collect();
+    format!("{flipped} {rest}")
+}
+
+/// Everything of an answer but the ID, with names compared case-insensitively.
+fn content(d: &support::Dig) -> (String, Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
+    let norm = |rrs: &[support::Rr]| -> Vec<String> {
+        let mut v: Vec<String> = rrs
+            .iter()
+            .map(|r| format!("{} {} {} {}", r.name, r.ttl, r.rtype, r.data).to_lowercase())
+            .collect();
+        v.sort();
+        v
+    };
+    let mut flags: Vec<String> = d.flags.iter().filter(|f| *f != "tc").cloned().collect();
+    flags.sort();
+    (
+        d.status.clone(),
+        flags,
+        norm(&d.answer),
+        norm(&d.authority),
+        norm(&d.additional),
+    )
+}
+
+/// The UDP fast path (cached, patched answers) answers every row of the name table exactly as
+/// the full path does: the first UDP query builds the answer, a differently spelled second one
+/// is served from the cache, and TCP (never cached) is the reference.
+#[test]
+fn the_fast_path_answers_every_row_as_the_full_path() {
+    let demo = Demo::new();
+    let m = Meshdns::start(&demo.config());
+    let cached_before = cached_answers(&m);
+    let mut failures = Vec::new();
+    for c in CASES {
+        let full = m.dig(&format!("{} +tcp", c.q));
+        let first = m.dig(c.q);
+        let again = m.dig(&flip_case(c.q));
+        for (what, d) in [("first UDP", &first), ("cached UDP", &again)] {
+            if content(d) != content(&full) {
+                failures.push(format!(
+                    "{}: {what} differs from TCP:\n{}\n---\n{}",
+                    c.q, d.raw, full.raw
+                ));
+            }
+        }
+        // The question is echoed as asked, also from the cache.
+        let asked = flip_case(c.q);
+        let asked_name = asked.split_whitespace().next().unwrap();
+        if !again.question.starts_with(&format!("{asked_name}."))
+            && !again.question.starts_with(asked_name)
+        {
+            failures.push(format!(
+                "{}: question {:?} not echoed as asked ({asked_name})",
+                c.q, again.question
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    // The second spellings were served from the cache.
+    let cached = cached_answers(&m) - cached_before;
+    assert!(
+        cached >= CASES.len() as u64,
+        "only {cached} cached answers for {} rows",
+        CASES.len()
+    );
+}
+
+fn cached_answers(m: &Meshdns) -> u64 {
+    let (_, body) = support::http_get(m.ops, "/metrics").unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix("meshdns_dns_cached_answers_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}

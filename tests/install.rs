@@ -749,6 +749,21 @@ fn check_install(r: &Rendered) -> (Workload, ConfigFacts) {
         facts.drain
     );
 
+    // identity: auto reads <pod>@<node> from the downward API.
+    for (var, field) in [
+        ("POD_NAME", "metadata.name"),
+        ("NODE_NAME", "spec.nodeName"),
+    ] {
+        let from = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == var)
+            .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+            .map(|f| f.field_path.as_str());
+        assert_eq!(from, Some(field), "{what}: env {var}");
+    }
+
     // Scrape annotations name the ops port.
     let ann = w
         .template
@@ -1136,10 +1151,13 @@ fn forwarding_recipes_point_at_the_service() {
 }
 
 /// Corefile server blocks: (zones, directive lines), nested blocks flattened; comments dropped.
-fn corefile_blocks(text: &str) -> Result<Vec<(Vec<String>, Vec<String>)>, String> {
+/// A Corefile server block: its zones and its directive lines.
+type ServerBlock = (Vec<String>, Vec<String>);
+
+fn corefile_blocks(text: &str) -> Result<Vec<ServerBlock>, String> {
     let mut blocks = Vec::new();
     let mut depth = 0usize;
-    let mut current: Option<(Vec<String>, Vec<String>)> = None;
+    let mut current: Option<ServerBlock> = None;
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
@@ -1457,10 +1475,10 @@ fn declared_targets(manifest: &str) -> Vec<(String, String)> {
                 .and_then(|l| l.strip_suffix("]]"))
                 .filter(|k| ["bin", "test", "bench", "example"].contains(k))
                 .map(String::from);
-        } else if let (Some(k), Some(v)) = (&kind, line.strip_prefix("name")) {
-            if let Some(v) = v.trim_start().strip_prefix('=') {
-                out.push((k.clone(), v.trim().trim_matches('"').to_string()));
-            }
+        } else if let (Some(k), Some(v)) = (&kind, line.strip_prefix("name"))
+            && let Some(v) = v.trim_start().strip_prefix('=')
+        {
+            out.push((k.clone(), v.trim().trim_matches('"').to_string()));
         }
     }
     out
@@ -1782,4 +1800,61 @@ fn the_remote_kubeconfig_script_makes_a_kubeconfig_meshdns_loads() {
             "{ctx}: same kubeconfig"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Docs
+
+/// Repository paths a text mentions (`deploy/…`, `scripts/…`, `docs/…`, and `components/…` /
+/// `overlays/…` / `forwarding/…` meaning `deploy/…`); placeholders like `<cluster>` skipped.
+fn mentioned_paths(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let is_path_char = |c: char| c.is_ascii_alphanumeric() || "._/-<>".contains(c);
+    let words = text.split(|c: char| !is_path_char(c));
+    for w in words {
+        let w = w.trim_end_matches(['.', '/']);
+        if w.contains('<') || w.contains('>') {
+            continue;
+        }
+        for (prefix, root) in [
+            ("deploy/", ""),
+            ("scripts/", ""),
+            ("docs/", ""),
+            ("components/", "deploy/"),
+            ("overlays/", "deploy/"),
+            ("forwarding/", "deploy/"),
+        ] {
+            if w.starts_with(prefix) && w.len() > prefix.len() {
+                out.insert(format!("{root}{w}"));
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_install_docs_name_paths_that_exist() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
+    let at = readme
+        .find("\n## Install in a fleet\n")
+        .expect("README section Install in a fleet");
+    let section = &readme[at..];
+    let section = &section[..section[1..].find("\n## ").map_or(section.len(), |e| e + 1)];
+    assert!(
+        section.contains("(docs/install.md)"),
+        "the section links docs/install.md"
+    );
+    let guide = std::fs::read_to_string(repo().join("docs/install.md")).expect("docs/install.md");
+    let mut missing = Vec::new();
+    for (doc, text) in [("README", section), ("docs/install.md", guide.as_str())] {
+        let paths = mentioned_paths(text);
+        assert!(paths.len() >= 5, "{doc}: {paths:?}");
+        for p in paths {
+            if !repo().join(&p).exists() {
+                missing.push(format!("{doc}: {p}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "paths that do not exist: {missing:?}");
 }

@@ -47,8 +47,8 @@ impl Locality {
 /// Longest-prefix map from client addresses to localities.
 #[derive(Debug, Default)]
 pub struct LocalityMap {
-    /// Most specific first.
-    entries: Vec<(IpNet, Locality)>,
+    /// Most specific first, each with the id of its distinct locality.
+    entries: Vec<(IpNet, Locality, u16)>,
     /// The local cluster's locality: for clients outside every range.
     default: Locality,
 }
@@ -90,6 +90,19 @@ impl LocalityMap {
             }
         }
         entries.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+        // Id 0 is the default locality; equal localities share an id (answers depend on the
+        // locality, not on which range matched).
+        let mut distinct = vec![default.clone()];
+        let entries = entries
+            .into_iter()
+            .map(|(net, l)| {
+                let id = distinct.iter().position(|d| *d == l).unwrap_or_else(|| {
+                    distinct.push(l.clone());
+                    distinct.len() - 1
+                });
+                (net, l, id as u16)
+            })
+            .collect();
         LocalityMap { entries, default }
     }
 
@@ -98,19 +111,27 @@ impl LocalityMap {
         &self.default
     }
 
-    /// The locality of `ip`, and the prefix length that decided it (`None`: no range matched,
-    /// the default locality applies).
-    pub fn locate(&self, ip: IpAddr) -> (&Locality, Option<u8>) {
+    /// The most specific range that contains `ip`.
+    fn find(&self, ip: IpAddr) -> Option<&(IpNet, Locality, u16)> {
+        // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        self.entries
-            .iter()
-            .find(|(net, _)| net.contains(&ip))
-            .map_or((&self.default, None), |(net, l)| {
-                (l, Some(net.prefix_len()))
-            })
+        self.entries.iter().find(|(net, ..)| net.contains(&ip))
+    }
+
+    /// The locality of `ip`, and the prefix length that decided it (`None`: no range matched,
+    /// the default locality applies).
+    pub fn locate(&self, ip: IpAddr) -> (&Locality, Option<u8>) {
+        self.find(ip).map_or((&self.default, None), |(net, l, _)| {
+            (l, Some(net.prefix_len()))
+        })
+    }
+
+    /// An id of the locality of `ip` (0: the default), for keying cached answers.
+    pub fn locate_id(&self, ip: IpAddr) -> u16 {
+        self.find(ip).map_or(0, |(.., id)| *id)
     }
 }
 
@@ -153,6 +174,12 @@ clusters:
         assert_eq!((l.cluster.as_deref(), p), (Some("alpha"), None));
         let (l, _) = map.locate("::ffff:10.8.0.1".parse().unwrap());
         assert_eq!(l.cluster.as_deref(), Some("alpha"));
+        // alpha's range and an unknown address share the default locality's id.
+        assert_eq!(map.locate_id("10.8.0.1".parse().unwrap()), 0);
+        assert_eq!(map.locate_id("192.0.2.1".parse().unwrap()), 0);
+        let b = map.locate_id("10.12.2.9".parse().unwrap());
+        let c = map.locate_id("10.12.1.9".parse().unwrap());
+        assert!(b != 0 && c != 0 && b != c);
 
         let client = map.locate("10.8.0.1".parse().unwrap()).0;
         assert_eq!(client.tier(Some("us-central1"), Some("us-central1-a")), 0);

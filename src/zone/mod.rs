@@ -129,6 +129,9 @@ pub struct Answer {
     pub additionals: Vec<Record>,
     /// The clusters whose data the answer carries (for "stale answer" marks).
     pub sources: Vec<ClusterId>,
+    /// Whether the same question from the same locality gets the same answer for as long
+    /// as the snapshot lives (false for answers that carry the time, like `_status`).
+    pub cacheable: bool,
 }
 
 impl Answer {
@@ -140,6 +143,7 @@ impl Answer {
             authority: Vec::new(),
             additionals: Vec::new(),
             sources: Vec::new(),
+            cacheable: true,
         }
     }
 
@@ -151,6 +155,7 @@ impl Answer {
             authority: Vec::new(),
             additionals: Vec::new(),
             sources: Vec::new(),
+            cacheable: true,
         }
     }
 
@@ -356,6 +361,7 @@ impl ZoneData {
             authority: vec![self.soa(apex, self.settings.negative_ttl)],
             additionals: Vec::new(),
             sources: Vec::new(),
+            cacheable: true,
         }
     }
 
@@ -475,7 +481,9 @@ impl ZoneData {
                 None => Found::NxDomain,
                 Some(_) if !matches!(qtype, RecordType::TXT | RecordType::ANY) => Found::NoData,
                 Some(view) if self.settings.status_records => {
-                    return Answer::records(vec![self.status_record(qname, view, clusters)]);
+                    let mut a = Answer::records(vec![self.status_record(qname, view, clusters)]);
+                    a.cacheable = false;
+                    return a;
                 }
                 Some(_) => Found::NxDomain,
             },

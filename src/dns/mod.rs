@@ -19,15 +19,18 @@ use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCo
 use hickory_proto::rr::rdata::TXT;
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption, NSIDPayload};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
-use hickory_proto::serialize::binary::BinDecoder;
+use hickory_proto::serialize::binary::{BinDecoder, BinEncodable, BinEncoder};
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use ipnet::IpNet;
 use tokio::net::{TcpListener, UdpSocket};
 use tracing::{debug, info, warn};
+
+mod cache;
+mod udp;
 
 use crate::catalog::{CatalogReader, unix_now};
 use crate::config::{ChaosName, Config};
@@ -139,6 +142,7 @@ const EDE_STALE_ANSWER: u16 = 3;
 /// The EDNS option code of Extended DNS Errors (hickory 0.26 has no type for it).
 const EDNS_EDE: u16 = 15;
 
+#[derive(Clone)]
 pub struct Handler {
     catalog: CatalogReader,
     settings: Arc<ArcSwap<DnsSettings>>,
@@ -264,6 +268,7 @@ fn chaos(s: &DnsSettings, name: &Name, qtype: RecordType) -> Decision {
             authority: Vec::new(),
             additionals: Vec::new(),
             sources: Vec::new(),
+            cacheable: true,
         },
         Vec::new(),
         None,
@@ -276,6 +281,125 @@ enum Decision {
     Answer(Answer, Vec<String>, Option<ClientSubnet>),
 }
 
+/// A decided response, ready to become a message.
+struct Prepared {
+    decision: Decision,
+    edns: Option<Edns>,
+    meta: Metadata,
+    /// An empty question section, used when the request did not have exactly one question:
+    /// a FORMERR for 100 questions must not be larger than the request (nor fail to encode
+    /// past 512 bytes).
+    no_questions: Option<Queries>,
+}
+
+type Records<'a> = std::slice::Iter<'a, Record>;
+
+impl Prepared {
+    /// Whether the encoded response may be served again to the same question from the same
+    /// locality, for as long as the snapshot and settings live.
+    fn cacheable(&self) -> bool {
+        matches!(&self.decision, Decision::Answer(a, stale, None) if a.cacheable && stale.is_empty())
+    }
+
+    fn message<'a>(
+        &'a self,
+        request: &'a Request,
+    ) -> MessageResponse<'a, 'a, Records<'a>, Records<'a>, Records<'a>, Records<'a>> {
+        let queries = self.no_questions.as_ref().unwrap_or(&request.queries);
+        let mut builder = MessageResponseBuilder::new(queries, None);
+        if let Some(edns) = &self.edns {
+            builder.edns(edns);
+        }
+        let none: &'a [Record] = &[];
+        match &self.decision {
+            Decision::Error(_) => builder.build(
+                self.meta,
+                none.iter(),
+                none.iter(),
+                none.iter(),
+                none.iter(),
+            ),
+            Decision::Answer(a, ..) => builder.build(
+                self.meta,
+                a.answers.iter(),
+                a.authority.iter(),
+                none.iter(),
+                a.additionals.iter(),
+            ),
+        }
+    }
+}
+
+impl Handler {
+    fn prepare(&self, settings: &DnsSettings, request: &Request) -> Prepared {
+        let client = Client::of(settings, request);
+        let decision = self.decide(settings, request, &client);
+        let (stale, ecs): (&[String], _) = match &decision {
+            Decision::Answer(_, stale, ecs) => (stale, *ecs),
+            // Not located (refused, malformed): the answer does not depend on the subnet.
+            Decision::Error(_) => (&[], client.response_ecs_scope(Some(0))),
+        };
+        let edns = self.response_edns(settings, request, stale, ecs);
+        let mut meta = Metadata::response_from_request(&request.metadata);
+        match &decision {
+            Decision::Error(rcode) => meta.response_code = *rcode,
+            Decision::Answer(a, ..) => {
+                meta.response_code = a.rcode;
+                meta.authoritative = a.authoritative;
+            }
+        }
+        let no_questions = if request.queries.len() == 1 {
+            None
+        } else {
+            Queries::read(&mut BinDecoder::new(&[]), 0).ok()
+        };
+        Prepared {
+            decision,
+            edns,
+            meta,
+            no_questions,
+        }
+    }
+
+    /// Answers one UDP request (`request` parsed from `packet`), without sockets: the encoded
+    /// response (truncated with TC=1 past the client's payload size, 512 without EDNS) and
+    /// whether it may be cached.
+    pub fn answer_udp(&self, request: &Request) -> (Vec<u8>, bool) {
+        let started = Instant::now();
+        let settings = self.settings.load();
+        let prepared = self.prepare(&settings, request);
+        let max = prepared.edns.as_ref().map_or(512, Edns::max_payload);
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(max);
+        let info = match prepared.message(request).destructive_emit(&mut encoder) {
+            Ok(info) => info,
+            Err(error) => {
+                debug!(%error, src = %request.src(), "encoding a response failed");
+                bytes.clear();
+                let (info, failed) = servfail(request);
+                bytes.extend_from_slice(&failed);
+                info
+            }
+        };
+        self.record(&settings, request, &info, started);
+        (bytes, prepared.cacheable() && !info.truncation)
+    }
+}
+
+/// A bare SERVFAIL header for `request`, as hickory sends when encoding fails.
+fn servfail(request: &Request) -> (ResponseInfo, Vec<u8>) {
+    let mut meta = Metadata::response_from_request(&request.metadata);
+    meta.response_code = ResponseCode::ServFail;
+    let header = Header {
+        metadata: meta,
+        counts: HeaderCounts::default(),
+    };
+    let mut bytes = Vec::with_capacity(12);
+    let _ = header.emit(&mut BinEncoder::new(&mut bytes));
+    (ResponseInfo::from(header), bytes)
+}
+
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(
@@ -285,57 +409,15 @@ impl RequestHandler for Handler {
     ) -> ResponseInfo {
         let started = Instant::now();
         let settings = self.settings.load();
-        let client = Client::of(&settings, request);
-        let decision = self.decide(&settings, request, &client);
-        let (stale, ecs): (&[String], _) = match &decision {
-            Decision::Answer(_, stale, ecs) => (stale, *ecs),
-            // Not located (refused, malformed): the answer does not depend on the subnet.
-            Decision::Error(_) => (&[], client.response_ecs_scope(Some(0))),
-        };
-        let edns = self.response_edns(&settings, request, stale, ecs);
-        // Echo the question only when there is exactly one: a FORMERR for 100 questions must
-        // not be larger than the request (nor fail to encode past 512 bytes).
-        let no_questions = Queries::read(&mut BinDecoder::new(&[]), 0);
-        let queries = match &no_questions {
-            Ok(empty) if request.queries.len() != 1 => empty,
-            _ => &request.queries,
-        };
-        let mut builder = MessageResponseBuilder::new(queries, None);
-        if let Some(edns) = &edns {
-            builder.edns(edns);
-        }
-        let mut meta = Metadata::response_from_request(&request.metadata);
-        let sent = match &decision {
-            Decision::Error(rcode) => {
-                meta.response_code = *rcode;
-                response_handle
-                    .send_response(builder.build_no_records(meta))
-                    .await
-            }
-            Decision::Answer(a, ..) => {
-                meta.response_code = a.rcode;
-                meta.authoritative = a.authoritative;
-                let none: &[Record] = &[];
-                let resp = builder.build(
-                    meta,
-                    a.answers.iter(),
-                    a.authority.iter(),
-                    none.iter(),
-                    a.additionals.iter(),
-                );
-                response_handle.send_response(resp).await
-            }
-        };
-        let info = match sent {
+        let prepared = self.prepare(&settings, request);
+        let info = match response_handle
+            .send_response(prepared.message(request))
+            .await
+        {
             Ok(info) => info,
             Err(error) => {
                 debug!(%error, src = %request.src(), "sending response failed");
-                let mut meta = Metadata::response_from_request(&request.metadata);
-                meta.response_code = ResponseCode::ServFail;
-                ResponseInfo::from(Header {
-                    metadata: meta,
-                    counts: HeaderCounts::default(),
-                })
+                servfail(request).0
             }
         };
         self.record(&settings, request, &info, started);
@@ -413,17 +495,35 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)>
     Err(last_err.unwrap_or_else(|| std::io::Error::other("no port free for UDP and TCP")))
 }
 
-/// Starts serving on bound sockets; stop it with `shutdown_gracefully`.
-pub fn serve(handler: Handler, udp: UdpSocket, tcp: TcpListener) -> Server<Handler> {
+/// The DNS listeners: our UDP loop with its fast path, hickory-server for TCP.
+pub struct Listeners {
+    pub tcp: Server<Handler>,
+    udp: udp::UdpServer,
+}
+
+/// Starts serving on bound sockets.
+pub fn serve(handler: Handler, udp: UdpSocket, tcp: TcpListener) -> std::io::Result<Listeners> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let udp = udp::serve(udp.into_std()?, handler.clone(), workers)?;
     let mut server = Server::new(handler);
-    server.register_socket(udp);
     server.register_listener(tcp, TCP_IDLE, 1024);
-    server
+    Ok(Listeners { tcp: server, udp })
+}
+
+impl Listeners {
+    /// Closes the listeners; in-flight TCP requests finish.
+    pub async fn shutdown(mut self) {
+        if let Err(e) = self.tcp.shutdown_gracefully().await {
+            warn!(error = %e, "TCP listener ended with an error");
+        }
+        let udp = self.udp;
+        let _ = tokio::task::spawn_blocking(move || udp.shutdown()).await;
+    }
 }
 
 /// Logs why serving ended, if it was not a shutdown.
-pub async fn wait(server: &mut Server<Handler>) {
-    if let Err(error) = server.block_until_done().await {
+pub async fn wait(listeners: &mut Listeners) {
+    if let Err(error) = listeners.tcp.block_until_done().await {
         warn!(%error, "DNS listener ended");
     }
 }
