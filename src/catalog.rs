@@ -442,14 +442,17 @@ fn apply(state: &mut State, ev: SourceEvent, pending: &mut Pending) {
                 if !changed {
                     continue;
                 }
-                match v {
+                // Kept up to date by difference: a patch costs what it changes.
+                let added = v.as_ref().map_or(0, |s| s.ready_endpoints().count());
+                let old = match v {
                     Some(s) => c.slice.insert(k.clone(), s),
                     None => c.slice.remove(&k),
                 };
+                let removed = old.map_or(0, |s| s.ready_endpoints().count());
+                c.endpoints = (c.endpoints + added).saturating_sub(removed);
                 pending.services.insert(k);
                 c.last_change_unix = Some(now);
             }
-            c.endpoints = count_endpoints(&c.slice);
         }
         Update::State(state) => {
             // Expired data was dropped: only a whole new slice brings the cluster back. A

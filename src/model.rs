@@ -163,19 +163,9 @@ pub struct Endpoint {
     pub ready: bool,
 }
 
-impl Endpoint {
-    /// The label of this endpoint's own name: its hostname, else its address with dashes
-    /// (`10-8-1-5`; IPv6 fully expanded, `fd00-0000-0000-0000-0000-0000-0000-0005`, so the
-    /// label never starts or ends with a dash and maps back to exactly one address).
-    pub fn label(&self) -> Arc<str> {
-        match &self.hostname {
-            Some(h) => h.clone(),
-            None => ip_label(self.ip).into(),
-        }
-    }
-}
-
-/// See [`Endpoint::label`].
+/// The label of an endpoint without a hostname: its address with dashes (`10-8-1-5`; IPv6
+/// fully expanded, `fd00-0000-0000-0000-0000-0000-0000-0005`, so the label never starts or
+/// ends with a dash and maps back to exactly one address).
 pub fn ip_label(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => {

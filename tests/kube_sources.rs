@@ -13,7 +13,7 @@ use hickory_proto::rr::RecordType;
 use serde_json::{Value, json};
 use support::{Meshdns, http_get};
 
-const WAIT: Duration = Duration::from_secs(15);
+const WAIT: Duration = Duration::from_secs(30);
 
 /// Several clusters, each a fake API server, and a meshdns config watching all of them.
 struct Fleet {

@@ -22,7 +22,7 @@ use crate::config::{Config, Nameserver};
 use crate::model::{AnswerPolicy, ClusterId, ClusterStatus, ServiceKey, SourceState};
 use locality::{Locality, LocalityMap, Tier};
 use names::{ReverseZone, Target};
-use records::{Addrs, ServiceView};
+use records::{Addrs, Label, ServiceView};
 
 /// What does not change between snapshots: the zone's names and timers.
 #[derive(Debug)]
@@ -175,14 +175,21 @@ pub struct ZoneData {
     pub services: imbl::HashMap<ServiceKey, Arc<ServiceView>>,
     /// Namespace → number of services in it (a namespace exists while it has one).
     pub namespaces: imbl::HashMap<Arc<str>, usize>,
-    /// Address → the names of the endpoints that have it, for PTR.
-    pub ptr: imbl::HashMap<IpAddr, Arc<Vec<Name>>>,
+    /// Address → the endpoints that have it, for PTR.
+    pub ptr: imbl::HashMap<IpAddr, Arc<[PtrTarget]>>,
 }
 
-/// A negative or positive answer kind, before records are attached.
-enum Found<'a> {
-    /// Addresses, and the clusters they come from.
-    Addrs(&'a Addrs, Vec<ClusterId>),
+/// What a PTR record names: one endpoint, kept as the parts of its name (a `Name` per
+/// address would cost more than the rest of the endpoint).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PtrTarget {
+    pub key: ServiceKey,
+    pub cluster: ClusterId,
+    pub label: Label,
+}
+
+/// A negative answer, before the SOA is attached.
+enum Found {
     NoData,
     NxDomain,
 }
@@ -221,41 +228,45 @@ impl ZoneData {
             return;
         }
         if let Some(old) = &old {
-            for (ip, name) in self.ptr_names(old) {
-                let Some(names) = self.ptr.get(&ip) else {
+            for (ip, target) in self.ptr_targets(old) {
+                let Some(targets) = self.ptr.get(&ip) else {
                     continue;
                 };
-                let rest: Vec<Name> = names.iter().filter(|n| **n != name).cloned().collect();
+                let rest: Vec<PtrTarget> =
+                    targets.iter().filter(|t| **t != target).cloned().collect();
                 if rest.is_empty() {
                     self.ptr.remove(&ip);
                 } else {
-                    self.ptr.insert(ip, Arc::new(rest));
+                    self.ptr.insert(ip, rest.into());
                 }
             }
         }
         if let Some(new) = &view {
-            for (ip, name) in self.ptr_names(new) {
-                let mut names: Vec<Name> =
-                    self.ptr.get(&ip).map(|n| (**n).clone()).unwrap_or_default();
-                if !names.contains(&name) {
-                    names.push(name);
-                    names.sort();
+            for (ip, target) in self.ptr_targets(new) {
+                let mut targets: Vec<PtrTarget> =
+                    self.ptr.get(&ip).map(|t| t.to_vec()).unwrap_or_default();
+                if !targets.contains(&target) {
+                    targets.push(target);
+                    targets.sort();
                 }
-                self.ptr.insert(ip, Arc::new(names));
+                self.ptr.insert(ip, targets.into());
             }
         }
     }
 
-    /// (address, endpoint name) for every endpoint of `view` inside a reverse zone.
-    fn ptr_names(&self, view: &ServiceView) -> Vec<(IpAddr, Name)> {
+    /// (address, endpoint) for every endpoint address of `view` inside a reverse zone.
+    fn ptr_targets(&self, view: &ServiceView) -> Vec<(IpAddr, PtrTarget)> {
         let mut out = Vec::new();
         for part in &view.clusters {
-            for (label, addrs) in &part.endpoints {
+            for (label, addrs) in part.endpoints() {
                 for ip in addrs.iter() {
-                    if self.settings.reverse.iter().any(|z| z.net.contains(&ip))
-                        && let Some(name) = self.endpoint_name(&view.key, &part.cluster, label)
-                    {
-                        out.push((ip, name));
+                    if self.settings.reverse.iter().any(|z| z.net.contains(&ip)) {
+                        let target = PtrTarget {
+                            key: view.key.clone(),
+                            cluster: part.cluster.clone(),
+                            label: label.clone(),
+                        };
+                        out.push((ip, target));
                     }
                 }
             }
@@ -276,11 +287,7 @@ impl ZoneData {
                 if v.external_name.is_some() {
                     return 1;
                 }
-                let parts: usize = v
-                    .clusters
-                    .iter()
-                    .map(|p| p.addrs.len() + p.endpoints.values().map(Addrs::len).sum::<usize>())
-                    .sum();
+                let parts: usize = v.clusters.iter().map(|p| 2 * p.addrs.len()).sum();
                 v.members.len() + parts + v.srv.iter().map(|s| s.targets.len()).sum::<usize>()
             })
             .sum();
@@ -444,12 +451,19 @@ impl ZoneData {
                 svc,
                 cluster,
                 host,
-            } => self
-                .services
-                .get(&ServiceKey::new(ns, svc))
-                .and_then(|v| v.cluster(cluster))
-                .and_then(|p| p.endpoints.get(host).map(|a| (a, p.cluster.clone())))
-                .map_or(Found::NxDomain, |(a, c)| Found::Addrs(a, vec![c])),
+            } => {
+                let found = self
+                    .services
+                    .get(&ServiceKey::new(ns, svc))
+                    .and_then(|v| v.cluster(cluster))
+                    .and_then(|p| p.endpoint(host).map(|a| (a, p.cluster.clone())));
+                let Some((addrs, source)) = found else {
+                    return self.negative(origin, ResponseCode::NXDomain);
+                };
+                let recs =
+                    addr_records(qname, self.settings.ttl, &addrs, Family::of(qtype, &addrs));
+                return self.positive_or_nodata(origin, recs).from([source]);
+            }
             Target::SrvProto { ns, svc, proto } => {
                 match self.services.get(&ServiceKey::new(ns, svc)) {
                     Some(v) if v.srv.iter().any(|s| s.proto == proto) => Found::NoData,
@@ -492,10 +506,6 @@ impl ZoneData {
         match found {
             Found::NxDomain => self.negative(origin, ResponseCode::NXDomain),
             Found::NoData => self.negative(origin, ResponseCode::NoError),
-            Found::Addrs(addrs, sources) => {
-                let recs = addr_records(qname, self.settings.ttl, addrs, Family::of(qtype, addrs));
-                self.positive_or_nodata(origin, recs).from(sources)
-            }
         }
     }
 
@@ -607,17 +617,16 @@ impl ZoneData {
         let mut additionals = Vec::with_capacity(tiered.len());
         let mut sources: Vec<ClusterId> = Vec::new();
         for (tier, t) in tiered {
-            let Some(part) = view.clusters.get(t.cluster) else {
+            let Some(part) = view.clusters.get(usize::from(t.cluster)) else {
                 continue;
             };
-            let Some(target) = self.endpoint_name(&view.key, &part.cluster, &t.label) else {
+            let Some(target) = self.endpoint_name(&view.key, &part.cluster, &t.label.text()) else {
                 continue;
             };
             let srv = SRV::new(u16::from(tier), 1, t.port, target.clone());
             answers.push(Record::from_rdata(qname.clone(), ttl, RData::SRV(srv)));
-            if let Some(addrs) = part.endpoints.get(&t.label) {
-                additionals.extend(addrs.iter().map(|ip| addr_record(&target, ttl, ip)));
-            }
+            let addrs = part.addrs_of(&t.label);
+            additionals.extend(addrs.iter().map(|ip| addr_record(&target, ttl, ip)));
             if !sources.contains(&part.cluster) {
                 sources.push(part.cluster.clone());
             }
@@ -635,7 +644,7 @@ impl ZoneData {
         qtype: RecordType,
         view: &ServiceView,
         client: &Locality,
-        only: Option<usize>,
+        only: Option<u16>,
     ) -> Answer {
         let origin = &self.settings.origin;
         let members = view
@@ -665,7 +674,7 @@ impl ZoneData {
         let answers = tiered
             .iter()
             .map(|(_, m)| {
-                if let Some(p) = view.clusters.get(m.cluster)
+                if let Some(p) = view.clusters.get(usize::from(m.cluster))
                     && !sources.contains(&p.cluster)
                 {
                     sources.push(p.cluster.clone());
@@ -697,15 +706,12 @@ impl ZoneData {
             Some(_) if !matches!(qtype, RecordType::PTR | RecordType::ANY) => {
                 self.negative(&apex, ResponseCode::NoError)
             }
-            Some(names) => Answer::records(
-                names
+            Some(targets) => Answer::records(
+                targets
                     .iter()
+                    .filter_map(|t| self.endpoint_name(&t.key, &t.cluster, &t.label.text()))
                     .map(|n| {
-                        Record::from_rdata(
-                            qname.clone(),
-                            self.settings.ttl,
-                            RData::PTR(PTR(n.clone())),
-                        )
+                        Record::from_rdata(qname.clone(), self.settings.ttl, RData::PTR(PTR(n)))
                     })
                     .collect(),
             ),
@@ -756,7 +762,7 @@ impl ZoneData {
                 };
                 recs.extend(self.srv_answer(&srv_name, view, set, client).answers);
             }
-            for (idx, part) in view.clusters.iter().enumerate() {
+            for (idx, part) in (0u16..).zip(&view.clusters) {
                 let Ok(cname) = name.prepend_label(part.cluster.as_bytes()) else {
                     continue;
                 };
@@ -764,9 +770,9 @@ impl ZoneData {
                     let answer = self.members_answer(&cname, qtype, view, client, Some(idx));
                     recs.extend(answer.answers);
                 }
-                for (label, addrs) in &part.endpoints {
-                    if let Ok(ename) = cname.prepend_label(label.as_bytes()) {
-                        recs.extend(addr_records(&ename, ttl, addrs, Some(Family::Both)));
+                for (label, addrs) in part.endpoints() {
+                    if let Ok(ename) = cname.prepend_label(label.text().as_bytes()) {
+                        recs.extend(addr_records(&ename, ttl, &addrs, Some(Family::Both)));
                     }
                 }
             }

@@ -13,7 +13,7 @@ use hickory_proto::rr::Name;
 
 use super::ZoneSettings;
 use super::locality::{Locality, Tier};
-use crate::model::{AnswerPolicy, ClusterId, Policy, Protocol, Service, ServiceKey};
+use crate::model::{AnswerPolicy, ClusterId, Policy, Protocol, Service, ServiceKey, ip_label};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Addrs {
@@ -22,11 +22,35 @@ pub struct Addrs {
 }
 
 impl Addrs {
+    /// Adds `ip` unless present (linear: for the few addresses of one name).
     pub fn push(&mut self, ip: IpAddr) {
         match ip {
             IpAddr::V4(a) if !self.v4.contains(&a) => self.v4.push(a),
             IpAddr::V6(a) if !self.v6.contains(&a) => self.v6.push(a),
             _ => {}
+        }
+    }
+
+    /// Adds `ip`, given in ascending order (O(1)).
+    fn push_sorted(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(a) if self.v4.last() != Some(&a) => self.v4.push(a),
+            IpAddr::V6(a) if self.v6.last() != Some(&a) => self.v6.push(a),
+            _ => {}
+        }
+    }
+
+    pub fn one(ip: IpAddr) -> Addrs {
+        let mut a = Addrs::default();
+        a.push(ip);
+        a
+    }
+
+    /// Whether `ip` is one of these (sorted) addresses.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => self.v4.binary_search(&a).is_ok(),
+            IpAddr::V6(a) => self.v6.binary_search(&a).is_ok(),
         }
     }
 
@@ -42,6 +66,23 @@ impl Addrs {
     }
 }
 
+/// The label that names one endpoint under its cluster: its hostname, else its address with
+/// dashes ([`ip_label`]) — kept as the address, so that the common case costs no string.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Label {
+    Host(Arc<str>),
+    Ip(IpAddr),
+}
+
+impl Label {
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Label::Host(h) => std::borrow::Cow::Borrowed(h),
+            Label::Ip(ip) => std::borrow::Cow::Owned(ip_label(*ip)),
+        }
+    }
+}
+
 /// One cluster's part of a service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterPart {
@@ -50,8 +91,71 @@ pub struct ClusterPart {
     pub region: Option<Arc<str>>,
     /// Ready endpoint addresses, sorted.
     pub addrs: Addrs,
-    /// Endpoint label → its addresses (a hostname may carry an IPv4 and an IPv6 address).
-    pub endpoints: BTreeMap<Arc<str>, Addrs>,
+    /// Endpoints with a hostname → their addresses (a hostname may carry an IPv4 and an
+    /// IPv6 address).
+    pub hosts: BTreeMap<Arc<str>, Addrs>,
+    /// Addresses of endpoints without a hostname (named by their address), sorted.
+    pub unnamed: Addrs,
+}
+
+impl ClusterPart {
+    /// The addresses of the endpoint named `label`.
+    pub fn endpoint(&self, label: &str) -> Option<Addrs> {
+        if let Some(a) = self.hosts.get(label) {
+            return Some(a.clone());
+        }
+        let ip = parse_ip_label(label)?;
+        self.unnamed.contains(ip).then(|| Addrs::one(ip))
+    }
+
+    /// Every endpoint: its label and its addresses.
+    pub fn endpoints(&self) -> impl Iterator<Item = (Label, Addrs)> + '_ {
+        self.hosts
+            .iter()
+            .map(|(h, a)| (Label::Host(h.clone()), a.clone()))
+            .chain(
+                self.unnamed
+                    .iter()
+                    .map(|ip| (Label::Ip(ip), Addrs::one(ip))),
+            )
+    }
+
+    /// The addresses of one endpoint, by label.
+    pub fn addrs_of(&self, label: &Label) -> Addrs {
+        match label {
+            Label::Host(h) => self.hosts.get(h).cloned().unwrap_or_default(),
+            Label::Ip(ip) => Addrs::one(*ip),
+        }
+    }
+}
+
+/// The address named by an [`ip_label`], if `label` is one.
+pub fn parse_ip_label(label: &str) -> Option<IpAddr> {
+    let parts: Vec<&str> = label.split('-').collect();
+    match parts.len() {
+        4 => {
+            let mut o = [0u8; 4];
+            for (i, p) in parts.iter().enumerate() {
+                // Canonical form only: no leading zeros, so one address has one name.
+                if p.is_empty() || (p.len() > 1 && p.starts_with('0')) {
+                    return None;
+                }
+                o[i] = p.parse().ok()?;
+            }
+            Some(IpAddr::from(o))
+        }
+        8 => {
+            let mut s = [0u16; 8];
+            for (i, p) in parts.iter().enumerate() {
+                if p.len() != 4 {
+                    return None;
+                }
+                s[i] = u16::from_str_radix(p, 16).ok()?;
+            }
+            Some(IpAddr::from(s))
+        }
+        _ => None,
+    }
 }
 
 /// One ready address of the service, with what its locality tier depends on.
@@ -59,7 +163,7 @@ pub struct ClusterPart {
 pub struct Member {
     pub ip: IpAddr,
     /// Index into `ServiceView::clusters`.
-    pub cluster: usize,
+    pub cluster: u16,
     pub zone: Option<Arc<str>>,
 }
 
@@ -67,8 +171,8 @@ pub struct Member {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SrvTarget {
     /// Index into `ServiceView::clusters`.
-    pub cluster: usize,
-    pub label: Arc<str>,
+    pub cluster: u16,
+    pub label: Label,
     pub port: u16,
     pub zone: Option<Arc<str>>,
 }
@@ -146,21 +250,37 @@ impl ServiceView {
             if matches!(service, Service::ExternalName(_)) {
                 continue;
             }
-            let idx = view.clusters.len();
+            let Ok(idx) = u16::try_from(view.clusters.len()) else {
+                break;
+            };
             let mut part = ClusterPart {
                 cluster: cluster.clone(),
                 region: settings.region_of(cluster),
                 addrs: Addrs::default(),
-                endpoints: BTreeMap::new(),
+                hosts: BTreeMap::new(),
+                unnamed: Addrs::default(),
             };
             let mut ready: Vec<_> = service.ready_endpoints().collect();
             ready.sort_by_key(|e| e.ip);
-            let mut zones: BTreeMap<Arc<str>, Option<Arc<str>>> = BTreeMap::new();
+            // Each endpoint once, with its zone: what SRV targets are made of.
+            let mut labels: Vec<(Label, Option<Arc<str>>)> = Vec::with_capacity(ready.len());
             for e in &ready {
-                part.addrs.push(e.ip);
-                let label = e.label();
-                part.endpoints.entry(label.clone()).or_default().push(e.ip);
-                zones.entry(label).or_insert_with(|| e.zone.clone());
+                part.addrs.push_sorted(e.ip);
+                match &e.hostname {
+                    Some(h) => {
+                        let addrs = part.hosts.entry(h.clone()).or_default();
+                        if addrs.len() == 0 {
+                            labels.push((Label::Host(h.clone()), e.zone.clone()));
+                        }
+                        addrs.push(e.ip);
+                    }
+                    None => {
+                        if !part.unnamed.contains(e.ip) {
+                            part.unnamed.push_sorted(e.ip);
+                            labels.push((Label::Ip(e.ip), e.zone.clone()));
+                        }
+                    }
+                }
                 // The same address in two clusters is answered once, for the first.
                 if seen.insert(e.ip) {
                     view.members.push(Member {
@@ -170,20 +290,16 @@ impl ServiceView {
                     });
                 }
             }
+            labels.sort_by(|a, b| a.0.cmp(&b.0));
             for port in service.ports() {
                 let Some(name) = &port.name else { continue };
                 let targets = srv.entry((name.clone(), port.protocol)).or_default();
-                for (label, zone) in &zones {
-                    let t = SrvTarget {
-                        cluster: idx,
-                        label: label.clone(),
-                        port: port.port,
-                        zone: zone.clone(),
-                    };
-                    if !targets.contains(&t) {
-                        targets.push(t);
-                    }
-                }
+                targets.extend(labels.iter().map(|(label, zone)| SrvTarget {
+                    cluster: idx,
+                    label: label.clone(),
+                    port: port.port,
+                    zone: zone.clone(),
+                }));
             }
             view.clusters.push(part);
         }
@@ -202,13 +318,19 @@ impl ServiceView {
         self.clusters.iter().find(|c| &*c.cluster == name)
     }
 
-    pub fn cluster_index(&self, name: &str) -> Option<usize> {
-        self.clusters.iter().position(|c| &*c.cluster == name)
+    pub fn cluster_index(&self, name: &str) -> Option<u16> {
+        self.clusters
+            .iter()
+            .position(|c| &*c.cluster == name)
+            .and_then(|i| u16::try_from(i).ok())
     }
 
     /// The tier of a member (or SRV target) of cluster `idx` in `zone` for `client`.
-    pub fn tier(&self, client: &Locality, idx: usize, zone: Option<&str>) -> Tier {
-        let region = self.clusters.get(idx).and_then(|p| p.region.as_deref());
+    pub fn tier(&self, client: &Locality, idx: u16, zone: Option<&str>) -> Tier {
+        let region = self
+            .clusters
+            .get(usize::from(idx))
+            .and_then(|p| p.region.as_deref());
         client.tier(region, zone)
     }
 
@@ -302,12 +424,37 @@ clusters:
         assert_eq!(ips, ["10.8.1.5", "10.8.1.6", "10.12.0.5", "fd00::5"]);
         assert_eq!(v.clusters.len(), 2);
         assert_eq!(v.clusters[1].region.as_deref(), Some("r2"));
-        let labels: Vec<&str> = v.clusters[0].endpoints.keys().map(|k| &**k).collect();
-        assert_eq!(labels, ["10-8-1-6", "r-1"]);
+        let labels: Vec<String> = v.clusters[0]
+            .endpoints()
+            .map(|(l, _)| l.text().into_owned())
+            .collect();
+        assert_eq!(labels, ["r-1", "10-8-1-6"]);
+        assert_eq!(
+            v.clusters[0].endpoint("10-8-1-6"),
+            Some(Addrs::one("10.8.1.6".parse().unwrap()))
+        );
+        assert_eq!(
+            v.clusters[0].endpoint("10-8-1-5"),
+            None,
+            "named by its hostname only"
+        );
+        assert_eq!(
+            v.clusters[0].endpoint("r-1"),
+            Some(Addrs::one("10.8.1.5".parse().unwrap()))
+        );
         // One SRV set, for the named port only, one target per ready endpoint.
         assert_eq!(v.srv.len(), 1);
         assert_eq!(v.srv[0].targets.len(), 4);
         assert_eq!(v.srv[0].targets[0].zone.as_deref(), Some("z1"));
+        for (label, ip) in [
+            ("10-0-0-1", "10.0.0.1"),
+            ("fd00-0000-0000-0000-0000-0000-0000-0005", "fd00::5"),
+        ] {
+            assert_eq!(parse_ip_label(label), Some(ip.parse().unwrap()));
+        }
+        for bad in ["10-0-0", "010-0-0-1", "fd00--5", "a-b-c-d", "r-1"] {
+            assert_eq!(parse_ip_label(bad), None, "{bad}");
+        }
         assert_eq!(v.policy.policy, Some(Policy::All), "the global default");
     }
 
