@@ -87,6 +87,7 @@ def main():
 zone: clusterset.local.
 listen: {{ dns: "127.0.0.1:{args.dns_port}", ops: "127.0.0.1:{args.ops_port}" }}
 ttl: 5s
+drain: 0s
 allow: [127.0.0.0/8]
 local_cluster: alpha
 nameservers:

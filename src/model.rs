@@ -163,6 +163,23 @@ pub struct Endpoint {
     pub ready: bool,
 }
 
+/// One shared copy of a topology name (a zone, a node): there are few of them and a million
+/// endpoints naming them, so each endpoint holds a pointer instead of its own string. Only for
+/// such bounded sets: interned strings live as long as the process.
+pub fn intern(s: &str) -> Arc<str> {
+    static NAMES: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<Arc<str>>>> =
+        std::sync::LazyLock::new(Default::default);
+    let Ok(mut names) = NAMES.lock() else {
+        return s.into();
+    };
+    if let Some(n) = names.get(s) {
+        return n.clone();
+    }
+    let n: Arc<str> = s.into();
+    names.insert(n.clone());
+    n
+}
+
 /// The label of an endpoint without a hostname: its address with dashes (`10-8-1-5`; IPv6
 /// fully expanded, `fd00-0000-0000-0000-0000-0000-0000-0005`, so the label never starts or
 /// ends with a dash and maps back to exactly one address).

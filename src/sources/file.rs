@@ -33,8 +33,8 @@ use tracing::{info, warn};
 use crate::catalog::{SourceHandle, Update};
 use crate::config::{ConfigError, parse_fqdn};
 use crate::model::{
-    AnswerPolicy, Endpoint, Policy, Port, Protocol, Service, ServiceKey, Slice, is_dns_label,
-    is_port_name,
+    AnswerPolicy, Endpoint, Policy, Port, Protocol, Service, ServiceKey, Slice, intern,
+    is_dns_label, is_port_name,
 };
 
 const POLL: Duration = Duration::from_millis(250);
@@ -217,8 +217,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Slice, ConfigError> {
                 endpoints.push(Endpoint {
                     ip: e.ip,
                     hostname,
-                    zone: e.zone.map(Into::into),
-                    node: e.node.map(Into::into),
+                    zone: e.zone.as_deref().map(intern),
+                    node: e.node.as_deref().map(intern),
                     ready: e.ready || s.publish_not_ready,
                 });
             }

@@ -39,7 +39,7 @@ use crate::catalog::{SourceHandle, Update, unix_now};
 use crate::config::{Export, KubeSourceConfig, parse_fqdn};
 use crate::model::{
     AnswerPolicy, Endpoint, Policy, Port, Protocol, Service, ServiceKey, Slice, SourceState,
-    is_dns_label, is_port_name,
+    intern, is_dns_label, is_port_name,
 };
 
 /// The label a Service carries to be published with `export: labeled`.
@@ -242,7 +242,14 @@ impl Mirror {
             return Some(Service::ExternalName(name.clone()));
         }
         let mut ports: Vec<Port> = Vec::new();
-        let mut endpoints: Vec<Endpoint> = Vec::new();
+        let names = self.by_service.get(key);
+        let total = names
+            .into_iter()
+            .flatten()
+            .filter_map(|n| self.slices.get(&(key.namespace.clone(), n.clone())))
+            .map(|s| s.endpoints.len())
+            .sum();
+        let mut endpoints: Vec<Endpoint> = Vec::with_capacity(total);
         let mut index: HashMap<IpAddr, usize> = HashMap::new();
         for name in self.by_service.get(key).into_iter().flatten() {
             let Some(slice) = self.slices.get(&(key.namespace.clone(), name.clone())) else {
@@ -390,7 +397,7 @@ fn parse_slice(slice: &EndpointSlice, skips: &mut Vec<Skip>) -> Result<SliceInfo
             protocol,
         });
     }
-    let mut endpoints = Vec::new();
+    let mut endpoints = Vec::with_capacity(slice.endpoints.iter().map(|e| e.addresses.len()).sum());
     for e in &slice.endpoints {
         let conditions = e.conditions.as_ref();
         // Unset `ready` means ready (the API says: interpret unknown as ready).
@@ -420,8 +427,8 @@ fn parse_slice(slice: &EndpointSlice, skips: &mut Vec<Skip>) -> Result<SliceInfo
                 endpoint: Endpoint {
                     ip,
                     hostname: hostname.clone(),
-                    zone: e.zone.as_deref().map(Arc::from),
-                    node: e.node_name.as_deref().map(Arc::from),
+                    zone: e.zone.as_deref().map(intern),
+                    node: e.node_name.as_deref().map(intern),
                     ready,
                 },
                 ready,

@@ -40,6 +40,11 @@ impl Addrs {
         }
     }
 
+    fn shrink_to_fit(&mut self) {
+        self.v4.shrink_to_fit();
+        self.v6.shrink_to_fit();
+    }
+
     pub fn one(ip: IpAddr) -> Addrs {
         let mut a = Addrs::default();
         a.push(ip);
@@ -262,6 +267,7 @@ impl ServiceView {
             };
             let mut ready: Vec<_> = service.ready_endpoints().collect();
             ready.sort_by_key(|e| e.ip);
+            view.members.reserve(ready.len());
             // Each endpoint once, with its zone: what SRV targets are made of.
             let mut labels: Vec<(Label, Option<Arc<str>>)> = Vec::with_capacity(ready.len());
             for e in &ready {
@@ -291,6 +297,8 @@ impl ServiceView {
                 }
             }
             labels.sort_by(|a, b| a.0.cmp(&b.0));
+            part.addrs.shrink_to_fit();
+            part.unnamed.shrink_to_fit();
             for port in service.ports() {
                 let Some(name) = &port.name else { continue };
                 let targets = srv.entry((name.clone(), port.protocol)).or_default();
@@ -305,12 +313,17 @@ impl ServiceView {
         }
         view.srv = srv
             .into_iter()
-            .map(|((name, proto), targets)| SrvSet {
-                name,
-                proto,
-                targets,
+            .map(|((name, proto), mut targets)| {
+                targets.shrink_to_fit();
+                SrvSet {
+                    name,
+                    proto,
+                    targets,
+                }
             })
             .collect();
+        // Views live as long as their service does not change: no slack.
+        view.members.shrink_to_fit();
         Some(view)
     }
 
