@@ -508,6 +508,15 @@ def dig_batch(port, sample):
     return blocks
 
 
+def describe(answer):
+    """A short description of a normalized answer (or of an additional section alone)."""
+    if isinstance(answer, list):
+        return f"{len(answer)} additional records"
+    flags = answer["flags"].upper() or "no flags"
+    return (f"{answer['rcode']} {flags}, {len(answer['answer'])} answer / {len(answer['authority'])} authority / "
+            f"{len(answer['additional'])} additional records")
+
+
 def verify(servers):
     sample = [line.split() for line in open(os.path.join(OUT, "verify.txt"))]
     answers = {name: dig_batch(s.port, sample) for name, s in servers.items()}
@@ -725,8 +734,8 @@ def throughput(args, bench, result, meshdns_bin, seconds, reps, half_seconds):
                   f"(rcode, AA/TC, answer and authority RRsets; order, TTL and SOA serial ignored), "
                   f"{p['additional_differs']} differ only in the additional section, {p['differs']} differ.")
             for ex in p["examples"][:4]:
-                print(f"  - {'additional only: ' if ex.get('additional_only') else ''}{ex['kind']} "
-                      f"`{ex['question']}`: meshdns {json.dumps(ex['meshdns'])} / {label} {json.dumps(ex[other])}")
+                print(f"  - {ex['kind']} `{ex['question']}`: meshdns {describe(ex['meshdns'])}; "
+                      f"{label} {describe(ex[other])}")
         print("- truncated (TC=1) UDP answers to the sample, by kind: " + "; ".join(
             f"{n} {sum(v.values())}" + (" (" + ", ".join(f"{k} {c}" for k, c in v.items() if c) + ")" if sum(v.values()) else "")
             for n, v in check["truncated"].items()))

@@ -1,18 +1,6 @@
-//! meshdns: one authoritative DNS zone for the services of a whole fleet of Kubernetes
-//! clusters.
-//!
-//! Data flow (DESIGN.md): sources → catalog → zone view → DNS front end / ops HTTP.
-//! `main` parses the command line, loads the config (exit 2 on any error, before binding a
-//! socket), wires the parts together and owns shutdown.
-
-mod catalog;
-mod config;
-mod dns;
-mod metrics;
-mod model;
-mod ops;
-mod sources;
-mod zone;
+//! The `meshdns` command: parses the command line, loads the config (exit 2 on any error,
+//! before binding a socket), wires sources → catalog → DNS and ops together, and owns
+//! shutdown and reload.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,9 +14,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::catalog::Catalog;
-use crate::config::Config;
-use crate::sources::Sources;
+use meshdns::catalog::{self, Catalog};
+use meshdns::config::{self, Config};
+use meshdns::sources::{self, Sources};
+use meshdns::{dns, metrics, ops};
 
 /// Authoritative DNS for the services of every cluster in a fleet.
 ///

@@ -29,7 +29,7 @@ use ipnet::IpNet;
 use tokio::net::{TcpListener, UdpSocket};
 use tracing::{debug, info, warn};
 
-mod cache;
+pub mod cache;
 mod udp;
 
 use crate::catalog::{CatalogReader, unix_now};

@@ -616,11 +616,22 @@ impl ZoneData {
         let mut answers = Vec::with_capacity(tiered.len());
         let mut additionals = Vec::with_capacity(tiered.len());
         let mut sources: Vec<ClusterId> = Vec::new();
+        // `<cluster>.<svc>.<ns>.svc.<zone>`, built once per cluster of the answer.
+        let mut bases: Vec<Option<Name>> = vec![None; view.clusters.len()];
         for (tier, t) in tiered {
-            let Some(part) = view.clusters.get(usize::from(t.cluster)) else {
+            let idx = usize::from(t.cluster);
+            let Some(part) = view.clusters.get(idx) else {
                 continue;
             };
-            let Some(target) = self.endpoint_name(&view.key, &part.cluster, &t.label.text()) else {
+            if bases[idx].is_none() {
+                bases[idx] = self
+                    .service_name(&view.key)
+                    .and_then(|n| n.prepend_label(part.cluster.as_bytes()).ok());
+            }
+            let Some(target) = bases[idx]
+                .as_ref()
+                .and_then(|b| b.prepend_label(t.label.text().as_bytes()).ok())
+            else {
                 continue;
             };
             let srv = SRV::new(u16::from(tier), 1, t.port, target.clone());

@@ -63,6 +63,10 @@ impl Addrs {
         self.v4.len() + self.v6.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.v4
             .iter()
@@ -275,7 +279,7 @@ impl ServiceView {
                 match &e.hostname {
                     Some(h) => {
                         let addrs = part.hosts.entry(h.clone()).or_default();
-                        if addrs.len() == 0 {
+                        if addrs.is_empty() {
                             labels.push((Label::Host(h.clone()), e.zone.clone()));
                         }
                         addrs.push(e.ip);

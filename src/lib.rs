@@ -1,0 +1,17 @@
+//! meshdns: one authoritative DNS zone for the services of a whole fleet of Kubernetes
+//! clusters.
+//!
+//! The modules follow the data flow (DESIGN.md): [`sources`] (one per cluster: Kubernetes
+//! watchers, files) → [`catalog`] (single writer, immutable snapshots) → [`zone`] (names →
+//! answers) → [`dns`] (UDP fast path, hickory-server) and [`ops`] (metrics, health, debug).
+//! The binary (`src/main.rs`) wires them together; the library exists so that benchmarks
+//! can drive the hot paths directly.
+
+pub mod catalog;
+pub mod config;
+pub mod dns;
+pub mod metrics;
+pub mod model;
+pub mod ops;
+pub mod sources;
+pub mod zone;
