@@ -64,6 +64,10 @@ enum Command {
         /// Give up (exit 1) if the sources have not synced after this long.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// Which zone: the forward zone (default) or one of the reverse zones of the
+        /// clusters' networks, e.g. 8.10.in-addr.arpa.
+        #[arg(long, value_name = "ZONE")]
+        zone: Option<String>,
     },
 }
 
@@ -151,7 +155,9 @@ fn main() -> ExitCode {
             overrides.apply(&mut config);
             runtime.block_on(serve(config, config_path, overrides))
         }
-        Command::Dump { timeout, .. } => runtime.block_on(dump(config, *timeout)),
+        Command::Dump { timeout, zone, .. } => {
+            runtime.block_on(dump(config, *timeout, zone.as_deref()))
+        }
         Command::Check { .. } => ExitCode::SUCCESS,
     }
 }
@@ -339,7 +345,15 @@ impl Signals {
     }
 }
 
-async fn dump(config: Config, timeout: Duration) -> ExitCode {
+async fn dump(config: Config, timeout: Duration, zone: Option<&str>) -> ExitCode {
+    let apex = match zone.map(config::parse_fqdn) {
+        None => None,
+        Some(Ok(name)) => Some(name),
+        Some(Err(e)) => {
+            eprintln!("--zone: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let catalog = Catalog::new(&config);
     let reader = catalog.reader();
     let mut sources = Sources::new(catalog.sender());
@@ -349,8 +363,29 @@ async fn dump(config: Config, timeout: Duration) -> ExitCode {
     sources.shutdown().await;
     match synced {
         Ok(snap) => {
-            print!("{}", snap.zone.master_file());
-            ExitCode::SUCCESS
+            let text = match &apex {
+                None => Some(snap.zone.master_file()),
+                Some(apex) if *apex == snap.zone.settings.origin => Some(snap.zone.master_file()),
+                Some(apex) => snap.zone.reverse_master_file(apex),
+            };
+            match text {
+                Some(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                None => {
+                    let mut zones = vec![snap.zone.settings.origin.to_ascii()];
+                    zones.extend(
+                        snap.zone
+                            .settings
+                            .reverse
+                            .iter()
+                            .map(|z| z.apex.to_string()),
+                    );
+                    eprintln!("not a zone meshdns serves; these are: {}", zones.join(" "));
+                    ExitCode::from(2)
+                }
+            }
         }
         Err(_) => {
             let snap = reader.load();

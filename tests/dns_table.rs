@@ -527,3 +527,30 @@ fn cached_answers(m: &Meshdns) -> u64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// `dump --zone <reverse zone>` prints the PTR records that serve answers.
+#[test]
+fn dump_prints_reverse_zones_too() {
+    let demo = Demo::new();
+    let m = Meshdns::start(&demo.config());
+    let out = std::process::Command::new(support::bin())
+        .args(["dump", "--zone", "8.10.in-addr.arpa", "--config"])
+        .arg(demo.config())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("8.10.in-addr.arpa. 5 IN SOA "), "{text}");
+    for ip in ["10.8.1.5", "10.8.3.20", "10.8.0.10"] {
+        let d = m.dig(&format!("-x {ip}"));
+        assert_eq!(d.answer.len(), 1, "{}", d.raw);
+        let line = format!("{} 5 IN PTR {}", d.answer[0].name, d.answer[0].data);
+        assert!(text.contains(&line), "{line} not in\n{text}");
+    }
+    let bad = std::process::Command::new(support::bin())
+        .args(["dump", "--zone", "example.com", "--config"])
+        .arg(demo.config())
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}

@@ -729,6 +729,40 @@ impl ZoneData {
         }
     }
 
+    /// A reverse zone (its apex, e.g. `8.10.in-addr.arpa.`) as a master file: SOA, NS, then
+    /// the PTR records of the addresses in it, in address order. `None`: not one of ours.
+    pub fn reverse_master_file(&self, apex: &Name) -> Option<String> {
+        let lower = LowerName::new(apex);
+        let zone = self.settings.reverse.iter().find(|z| z.apex == lower)?;
+        let ttl = self.settings.ttl;
+        let apex = Name::from(&zone.apex);
+        let mut recs = vec![self.soa(&apex, ttl)];
+        recs.extend(self.ns_records(&apex));
+        let mut ips: Vec<&IpAddr> = self
+            .ptr
+            .keys()
+            .filter(|ip| zone.net.contains(*ip))
+            .collect();
+        ips.sort();
+        for ip in ips {
+            let owner = Name::from(*ip);
+            for t in self.ptr.get(ip).into_iter().flat_map(|t| t.iter()) {
+                if let Some(target) = self.endpoint_name(&t.key, &t.cluster, &t.label.text()) {
+                    recs.push(Record::from_rdata(
+                        owner.clone(),
+                        ttl,
+                        RData::PTR(PTR(target)),
+                    ));
+                }
+            }
+        }
+        let mut out = String::new();
+        for r in recs {
+            let _ = writeln!(out, "{r}");
+        }
+        Some(out)
+    }
+
     /// The forward zone as an RFC 1035 master file: SOA first, then every name in order.
     /// These are exactly the records [`ZoneData::resolve`] answers with to a client outside
     /// every configured network (the local cluster's locality), in the order it answers.
