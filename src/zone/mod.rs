@@ -878,3 +878,194 @@ fn addr_records(name: &Name, ttl: u32, addrs: &Addrs, family: Option<Family>) ->
         .map(|ip| addr_record(name, ttl, ip))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The zone view on the demo fleet, table-driven (as CoreDNS's `handler_test.go`): each
+    //! case is a question and the exact answer, authority and additional records expected.
+
+    use super::*;
+    use crate::config::{Config, SourceConfig};
+    use std::path::Path;
+
+    fn demo() -> (ZoneData, Vec<ClusterStatus>) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/demo/meshdns.yaml");
+        let config = Config::load(&path).unwrap();
+        let settings = Arc::new(ZoneSettings::from_config(&config));
+        let mut slices = Vec::new();
+        for name in &settings.cluster_order {
+            let c = config.clusters.iter().find(|c| &c.name == name).unwrap();
+            let SourceConfig::File(file) = &c.source else {
+                panic!("demo clusters are files")
+            };
+            slices.push((c.name.clone(), crate::sources::file::load(file).unwrap()));
+        }
+        let mut zone = ZoneData::new(settings.clone(), 2026);
+        let mut keys: Vec<ServiceKey> =
+            slices.iter().flat_map(|(_, s)| s.keys().cloned()).collect();
+        keys.sort();
+        keys.dedup();
+        for key in keys {
+            let parts = slices
+                .iter()
+                .filter_map(|(c, s)| s.get(&key).map(|svc| (c, &**svc)));
+            let view = ServiceView::build(key.clone(), parts, &settings).map(Arc::new);
+            zone.set_service(&key, view);
+        }
+        (zone, Vec::new())
+    }
+
+    struct Case {
+        qname: &'static str,
+        qtype: RecordType,
+        rcode: ResponseCode,
+        answer: &'static [&'static str],
+        ns: &'static [&'static str],
+        extra: &'static [&'static str],
+    }
+
+    const SOA: &str = "clusterset.local. 5 IN SOA ns.clusterset.local. hostmaster.clusterset.local. 2026 300 60 86400 5";
+
+    const CASES: &[Case] = &[
+        Case {
+            qname: "reviews.bookinfo.svc.clusterset.local.",
+            qtype: RecordType::A,
+            rcode: ResponseCode::NoError,
+            answer: &[
+                "reviews.bookinfo.svc.clusterset.local. 5 IN A 10.8.1.5",
+                "reviews.bookinfo.svc.clusterset.local. 5 IN A 10.8.1.6",
+                "reviews.bookinfo.svc.clusterset.local. 5 IN A 10.12.0.5",
+                "reviews.bookinfo.svc.clusterset.local. 5 IN A 10.16.0.5",
+            ],
+            ns: &[],
+            extra: &[],
+        },
+        Case {
+            qname: "Beta.Reviews.bookinfo.svc.clusterset.local.",
+            qtype: RecordType::A,
+            rcode: ResponseCode::NoError,
+            answer: &["Beta.Reviews.bookinfo.svc.clusterset.local. 5 IN A 10.12.0.5"],
+            ns: &[],
+            extra: &[],
+        },
+        Case {
+            qname: "frontend-0.beta.frontend.web.svc.clusterset.local.",
+            qtype: RecordType::AAAA,
+            rcode: ResponseCode::NoError,
+            answer: &["frontend-0.beta.frontend.web.svc.clusterset.local. 5 IN AAAA fd00:b::9"],
+            ns: &[],
+            extra: &[],
+        },
+        Case {
+            qname: "_postgres._tcp.db.data.svc.clusterset.local.",
+            qtype: RecordType::SRV,
+            rcode: ResponseCode::NoError,
+            answer: &[
+                "_postgres._tcp.db.data.svc.clusterset.local. 5 IN SRV 0 1 5432 db-0.alpha.db.data.svc.clusterset.local.",
+                "_postgres._tcp.db.data.svc.clusterset.local. 5 IN SRV 0 1 5432 db-1.alpha.db.data.svc.clusterset.local.",
+            ],
+            ns: &[],
+            extra: &[
+                "db-0.alpha.db.data.svc.clusterset.local. 5 IN A 10.8.3.20",
+                "db-1.alpha.db.data.svc.clusterset.local. 5 IN A 10.8.3.21",
+            ],
+        },
+        Case {
+            qname: "legacy-api.default.svc.clusterset.local.",
+            qtype: RecordType::AAAA,
+            rcode: ResponseCode::NoError,
+            answer: &["legacy-api.default.svc.clusterset.local. 5 IN CNAME api.example.com."],
+            ns: &[],
+            extra: &[],
+        },
+        Case {
+            qname: "ratings.bookinfo.svc.clusterset.local.",
+            qtype: RecordType::AAAA,
+            rcode: ResponseCode::NoError,
+            answer: &[],
+            ns: &[SOA],
+            extra: &[],
+        },
+        Case {
+            qname: "data.svc.clusterset.local.",
+            qtype: RecordType::A,
+            rcode: ResponseCode::NoError,
+            answer: &[],
+            ns: &[SOA],
+            extra: &[],
+        },
+        Case {
+            qname: "10-8-2-8.alpha.ratings.bookinfo.svc.clusterset.local.",
+            qtype: RecordType::A,
+            rcode: ResponseCode::NXDomain,
+            answer: &[],
+            ns: &[SOA],
+            extra: &[],
+        },
+        Case {
+            qname: "clusterset.local.",
+            qtype: RecordType::NS,
+            rcode: ResponseCode::NoError,
+            answer: &["clusterset.local. 5 IN NS ns.clusterset.local."],
+            ns: &[],
+            extra: &["ns.clusterset.local. 5 IN A 127.0.0.1"],
+        },
+        Case {
+            qname: "20.3.8.10.in-addr.arpa.",
+            qtype: RecordType::PTR,
+            rcode: ResponseCode::NoError,
+            answer: &["20.3.8.10.in-addr.arpa. 5 IN PTR db-0.alpha.db.data.svc.clusterset.local."],
+            ns: &[],
+            extra: &[],
+        },
+        Case {
+            qname: "99.3.8.10.in-addr.arpa.",
+            qtype: RecordType::PTR,
+            rcode: ResponseCode::NXDomain,
+            answer: &[],
+            ns: &[
+                "8.10.in-addr.arpa. 5 IN SOA ns.clusterset.local. hostmaster.clusterset.local. 2026 300 60 86400 5",
+            ],
+            extra: &[],
+        },
+        Case {
+            qname: "example.com.",
+            qtype: RecordType::A,
+            rcode: ResponseCode::Refused,
+            answer: &[],
+            ns: &[],
+            extra: &[],
+        },
+    ];
+
+    #[test]
+    fn resolve_every_case() {
+        let (zone, clusters) = demo();
+        let client = zone.settings.locality.default_locality().clone();
+        for c in CASES {
+            // from_ascii keeps the letter case (from_str would normalize it as IDNA).
+            let qname = Name::from_ascii(c.qname).unwrap();
+            let a = zone.resolve(&qname, c.qtype, &clusters, &client);
+            let text = |rs: &[Record]| -> Vec<String> {
+                rs.iter()
+                    .map(|r| {
+                        r.to_string()
+                            .split_whitespace()
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .collect()
+            };
+            assert_eq!(a.rcode, c.rcode, "{} {}", c.qname, c.qtype);
+            assert_eq!(
+                a.authoritative,
+                c.rcode != ResponseCode::Refused,
+                "{}",
+                c.qname
+            );
+            assert_eq!(text(&a.answers), c.answer, "{} {}", c.qname, c.qtype);
+            assert_eq!(text(&a.authority), c.ns, "{} {}", c.qname, c.qtype);
+            assert_eq!(text(&a.additionals), c.extra, "{} {}", c.qname, c.qtype);
+        }
+    }
+}
