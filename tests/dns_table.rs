@@ -554,3 +554,46 @@ fn dump_prints_reverse_zones_too() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// When the answer fits but its additional records do not, they are left out and TC stays
+/// clear (RFC 2181 section 9): no needless retry over TCP.
+#[test]
+fn additional_records_are_dropped_before_truncating() {
+    let demo = Demo::new();
+    let endpoints: String = (0..6)
+        .map(|i| {
+            format!(
+                "      - {{ ip: 10.9.0.{}, hostname: a-rather-long-pod-name-{i} }}\n",
+                i + 1
+            )
+        })
+        .collect();
+    demo.write(
+        "gamma.yaml",
+        &format!("services:\n  - name: big\n    namespace: bulk\n    ports: [{{ name: http, port: 80 }}]\n    endpoints:\n{endpoints}"),
+    );
+    let m = Meshdns::start(&demo.config());
+    let q = "_http._tcp.big.bulk.svc.clusterset.local SRV +ignore";
+    // Over TCP: all 6 targets and their 6 addresses.
+    let full = m.dig(&format!("{q} +tcp"));
+    assert_eq!(
+        (full.answer.len(), full.additional.len()),
+        (6, 6),
+        "{}",
+        full.raw
+    );
+    // In 600 bytes the 6 SRV records fit (SRV targets are never compressed, RFC 2782), their
+    // addresses do not: they are left out, without TC.
+    let d = m.dig(&format!("{q} +bufsize=600"));
+    assert_eq!(d.answer.len(), 6, "{}", d.raw);
+    assert!(!d.has_flag("tc"), "{}", d.raw);
+    assert!(d.additional.len() < 6, "{}", d.raw);
+    // The complete answer (with its additional records) still comes when it fits.
+    let d = m.dig(&format!("{q} +bufsize=1232"));
+    assert_eq!(
+        (d.answer.len(), d.additional.len(), d.has_flag("tc")),
+        (6, 6, false),
+        "{}",
+        d.raw
+    );
+}

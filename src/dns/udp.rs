@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Header, HeaderCounts, Message, MessageType, Metadata, ResponseCode};
+use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata, ResponseCode};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
@@ -181,18 +181,10 @@ impl Worker {
         if !cacheable || key.is_empty() {
             return bytes;
         }
-        // Re-encode with names compressed against the question, so that patching the
-        // question's case patches the answer owners too, and keep it.
-        let Some(compact) = Message::from_vec(&bytes).ok().and_then(|m| m.to_vec().ok()) else {
-            return bytes;
-        };
-        if compact.len() > bytes.len() {
-            return bytes;
-        }
         let Some(q) = Question::parse(packet) else {
             return bytes;
         };
-        let rcode = super::rcode_name(ResponseCode::from(0, compact[3] & 0x0f));
+        let rcode = super::rcode_name(ResponseCode::from(0, bytes[3] & 0x0f));
         let qtype = hickory_proto::rr::RecordType::from(q.qtype).to_string();
         let counter = self
             .handler
@@ -205,7 +197,7 @@ impl Worker {
             })
             .clone();
         let entry = Entry {
-            bytes: compact.clone().into_boxed_slice(),
+            bytes: bytes.clone().into_boxed_slice(),
             qname_len: q.qname.len(),
             counter,
             qtype,
@@ -216,7 +208,7 @@ impl Worker {
         self.cache
             .generation(snapshot.serial(), Arc::as_ptr(&settings) as usize)
             .insert(key, entry);
-        compact
+        bytes
     }
 }
 
