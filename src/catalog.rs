@@ -169,6 +169,7 @@ pub struct Catalog {
 fn new_status(c: &crate::config::ClusterConfig) -> ClusterStatus {
     ClusterStatus {
         name: c.name.clone(),
+        origin: c.origin.clone(),
         region: c.region.clone(),
         zones: c.zones.clone(),
         state: SourceState::Syncing,
@@ -196,6 +197,7 @@ fn cluster_statuses(
         .filter_map(|name| config.clusters.iter().find(|c| c.name == *name))
         .map(|c| match old.remove(&c.name) {
             Some(mut status) => {
+                status.origin = c.origin.clone();
                 status.region = c.region.clone();
                 status.zones = c.zones.clone();
                 status

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use crate::model::{AnswerPolicy, ClusterId, Policy, ServiceKey, is_dns_label};
+use crate::model::{AnswerPolicy, ClusterId, ClusterOrigin, Policy, ServiceKey, is_dns_label};
 
 pub const DEFAULT_ZONE: &str = "clusterset.local.";
 
@@ -55,6 +55,32 @@ pub struct Config {
     /// Fraction of queries logged (0: off, 1: all).
     pub query_log: f64,
     pub locality: LocalityConfig,
+    /// Where more clusters are found at run time (`clusters` wins over what is found).
+    pub discover: Discover,
+}
+
+/// The `discover` section: peer clusters found at run time rather than listed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Discover {
+    /// Istio's remote secrets in the local cluster; `None`: not read.
+    pub istio_remote_secrets: Option<IstioRemoteSecrets>,
+}
+
+/// Which Secrets of the local cluster are Istio remote secrets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IstioRemoteSecrets {
+    pub namespace: String,
+    pub label_selector: String,
+}
+
+impl Default for IstioRemoteSecrets {
+    /// Where and how `istioctl create-remote-secret` puts them.
+    fn default() -> Self {
+        IstioRemoteSecrets {
+            namespace: "istio-system".into(),
+            label_selector: "istio/multiCluster=true".into(),
+        }
+    }
 }
 
 /// How answers use the client's locality.
@@ -108,9 +134,11 @@ pub struct Listen {
     pub ops: SocketAddr,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ClusterConfig {
     pub name: ClusterId,
+    /// The config file, or the Secret the cluster was discovered in.
+    pub origin: ClusterOrigin,
     pub region: Option<String>,
     pub zones: Vec<String>,
     pub networks: Vec<IpNet>,
@@ -149,6 +177,21 @@ pub struct KubeSourceConfig {
     /// the WatchList feature enabled); otherwise the first sync never completes.
     #[serde(default)]
     pub streaming_lists: bool,
+    /// A kubeconfig held in memory (a discovered Secret's), used instead of `kubeconfig`.
+    /// Never read from the config file. Part of the source's identity: a rotated token or a
+    /// new endpoint is a changed source, restarted alone.
+    #[serde(skip)]
+    pub inline_kubeconfig: Option<InlineKubeconfig>,
+}
+
+/// A kubeconfig's text. It carries credentials, so `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InlineKubeconfig(pub std::sync::Arc<str>);
+
+impl fmt::Debug for InlineKubeconfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InlineKubeconfig({} bytes)", self.0.len())
+    }
 }
 
 /// Which services a Kubernetes source publishes.
@@ -242,6 +285,34 @@ struct RawConfig {
     query_log: Option<Spanned<f64>>,
     #[serde(default)]
     locality: RawLocality,
+    #[serde(default)]
+    discover: RawDiscover,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDiscover {
+    /// Present (even empty, `istio_remote_secrets:`) turns discovery on with the defaults.
+    #[serde(default, deserialize_with = "present")]
+    istio_remote_secrets: Option<Option<RawIstioRemoteSecrets>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIstioRemoteSecrets {
+    #[serde(default)]
+    namespace: Option<Spanned<String>>,
+    #[serde(default)]
+    label_selector: Option<Spanned<String>>,
+}
+
+/// A key that is present is `Some`, even when its value is empty (null).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 #[derive(Default, Deserialize)]
@@ -416,6 +487,7 @@ impl Config {
             };
             clusters.push(ClusterConfig {
                 name: c.name.value.as_str().into(),
+                origin: ClusterOrigin::Config,
                 region: c.region,
                 zones: c.zones,
                 networks: c.networks,
@@ -536,6 +608,33 @@ impl Config {
                 },
             ));
         }
+        let mut discover = Discover::default();
+        if let Some(raw) = raw.discover.istio_remote_secrets {
+            let raw = raw.unwrap_or_default();
+            let mut d = IstioRemoteSecrets::default();
+            if let Some(ns) = raw.namespace {
+                if !is_dns_label(&ns.value) {
+                    return Err(invalid(
+                        &ns.referenced,
+                        "discover.istio_remote_secrets.namespace",
+                        format!("{:?} is not a namespace name", ns.value),
+                    ));
+                }
+                d.namespace = ns.value;
+            }
+            if let Some(sel) = raw.label_selector {
+                if sel.value.trim().is_empty() {
+                    return Err(invalid(
+                        &sel.referenced,
+                        "discover.istio_remote_secrets.label_selector",
+                        "empty selector: every Secret of the namespace would be read".into(),
+                    ));
+                }
+                d.label_selector = sel.value;
+            }
+            discover.istio_remote_secrets = Some(d);
+        }
+
         let locality = LocalityConfig {
             default: AnswerPolicy {
                 policy: Some(raw.locality.policy.unwrap_or_default()),
@@ -574,6 +673,7 @@ impl Config {
             status_records: raw.status_records.unwrap_or(true),
             query_log,
             locality,
+            discover,
         })
     }
 }
@@ -712,6 +812,45 @@ clusters:
         assert_eq!(c.max_udp_payload, 1232);
     }
 
+    #[test]
+    fn discover_section() {
+        assert_eq!(
+            parse("clusters: []\n").unwrap().discover,
+            Discover::default()
+        );
+        let defaults = IstioRemoteSecrets {
+            namespace: "istio-system".into(),
+            label_selector: "istio/multiCluster=true".into(),
+        };
+        assert_eq!(IstioRemoteSecrets::default(), defaults);
+        for text in [
+            "discover: { istio_remote_secrets: {} }\n",
+            // Present but empty: on, with the defaults (not silently off).
+            "discover:\n  istio_remote_secrets:\n",
+        ] {
+            assert_eq!(
+                parse(text).unwrap().discover.istio_remote_secrets,
+                Some(defaults.clone()),
+                "{text}"
+            );
+        }
+        let c = parse(
+            "discover:\n  istio_remote_secrets: { namespace: mesh, label_selector: \"a=b\" }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.discover.istio_remote_secrets,
+            Some(IstioRemoteSecrets {
+                namespace: "mesh".into(),
+                label_selector: "a=b".into()
+            })
+        );
+        assert_eq!(
+            parse("discover: {}\n").unwrap().discover,
+            Discover::default()
+        );
+    }
+
     /// Each bad config yields an error that names the file, the line and the key.
     #[test]
     fn errors_name_file_line_and_key() {
@@ -756,6 +895,34 @@ clusters:
                 &["meshdns.yaml:1:", "max_udp_payload"],
             ),
             ("zone: [a]\n", &["meshdns.yaml", "line 1"]),
+            (
+                "discover:\n  istio_remote_secrets: { namespace: istio-system, selector: x }\n",
+                &["meshdns.yaml", "line 2", "selector"],
+            ),
+            (
+                "discover:\n  consul: {}\n",
+                &["meshdns.yaml", "line 2", "consul"],
+            ),
+            (
+                "discover:\n  istio_remote_secrets: { namespace: Istio_System }\n",
+                &[
+                    "meshdns.yaml:2:",
+                    "discover.istio_remote_secrets.namespace",
+                    "not a namespace",
+                ],
+            ),
+            (
+                "discover:\n  istio_remote_secrets:\n    label_selector: \" \"\n",
+                &[
+                    "meshdns.yaml:3:",
+                    "discover.istio_remote_secrets.label_selector",
+                    "empty",
+                ],
+            ),
+            (
+                "clusters:\n  - name: a\n    source: { kube: { inline_kubeconfig: x } }\n",
+                &["meshdns.yaml", "line 3", "inline_kubeconfig"],
+            ),
         ];
         for (text, needles) in cases {
             let e = err(text);

@@ -3,12 +3,14 @@
 //!
 //! The modules follow the data flow (DESIGN.md): [`sources`] (one per cluster: Kubernetes
 //! watchers, files) → [`catalog`] (single writer, immutable snapshots) → [`zone`] (names →
-//! answers) → [`dns`] (UDP fast path, hickory-server) and [`ops`] (metrics, health, debug).
+//! answers) → [`dns`] (UDP fast path, hickory-server) and [`ops`] (metrics, health, debug);
+//! [`discovery`] finds more clusters at run time (Istio remote secrets).
 //! The binary (`src/main.rs`) wires them together; the library exists so that benchmarks
 //! can drive the hot paths directly.
 
 pub mod catalog;
 pub mod config;
+pub mod discovery;
 pub mod dns;
 pub mod metrics;
 pub mod model;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 
 use meshdns::catalog::{self, Catalog};
 use meshdns::config::{self, Config};
+use meshdns::discovery::{self, Discovery};
 use meshdns::sources::{self, Sources};
 use meshdns::{dns, metrics, ops};
 
@@ -166,7 +167,11 @@ async fn serve(config: Config, config_path: PathBuf, overrides: Listen) -> ExitC
     let catalog = Catalog::new(&config);
     let reader = catalog.reader();
     let sender = catalog.sender();
-    let metrics = metrics::Metrics::new(reader.clone());
+    let mut metrics = metrics::Metrics::new(reader.clone());
+    // Peer clusters found in Istio's remote secrets, if the config asks for them.
+    let mut discovery = Discovery::new();
+    discovery.reconcile(&config);
+    metrics.register_discovery(discovery.subscribe());
     let dns_settings = Arc::new(ArcSwap::from_pointee(dns::DnsSettings::from_config(
         &config,
     )));
@@ -199,6 +204,8 @@ async fn serve(config: Config, config_path: PathBuf, overrides: Listen) -> ExitC
         draining: AtomicBool::new(false),
         started: std::time::Instant::now(),
         ready_timeout: config.ready_timeout,
+        discovery: discovery.subscribe(),
+        discovery_ready: AtomicBool::new(discovery.synced()),
     });
     let ops_stop = CancellationToken::new();
     let ops_task = tokio::spawn(ops::serve(ops_listener, ops.clone(), ops_stop.clone()));
@@ -224,26 +231,57 @@ async fn serve(config: Config, config_path: PathBuf, overrides: Listen) -> ExitC
             return ExitCode::FAILURE;
         }
     };
+    // What runs is the config file's clusters plus the discovered ones (the file wins); both
+    // change through the same path: SIGHUP reloads the first, discovery changes the second.
+    let mut static_config = config.clone();
     let mut running = config;
+    let mut discovered = discovery.subscribe();
+    let mut apply_at: Option<tokio::time::Instant> = None;
     let failed = loop {
         tokio::select! {
             sig = signals.next() => match sig {
                 Signal::Reload => {
-                    running = reload(running, &config_path, &overrides, &sender, &dns_settings, &mut sources);
+                    if let Some(new) = reload(&static_config, &config_path, &overrides) {
+                        static_config = new;
+                        discovery.reconcile(&static_config);
+                        running = apply(discovery.merge(&static_config), &sender, &dns_settings, &mut sources);
+                        info!(clusters = running.clusters.len(), "SIGHUP: configuration reloaded");
+                    }
                 }
                 Signal::Stop => {
                     info!("shutting down");
                     break false;
                 }
             },
+            // Gather a burst of discovery changes (a relist, several secrets) into one apply.
+            Ok(()) = discovered.changed(), if apply_at.is_none() => {
+                apply_at = Some(tokio::time::Instant::now() + discovery::DEBOUNCE);
+            }
+            _ = tokio::time::sleep_until(apply_at.unwrap_or_else(tokio::time::Instant::now)), if apply_at.is_some() => {
+                apply_at = None;
+                discovered.borrow_and_update();
+                let merged = discovery.merge(&static_config);
+                if merged.clusters != running.clusters {
+                    log_discovery_changes(&running, &merged);
+                    running = apply(merged, &sender, &dns_settings, &mut sources);
+                }
+                if discovery.synced() && !ops.discovery_ready.load(Ordering::Relaxed) {
+                    // Ready once the catalog knows every cluster found: they have to sync too.
+                    let ops = ops.clone();
+                    let names: Vec<_> = running.clusters.iter().map(|c| c.name.clone()).collect();
+                    tokio::spawn(async move {
+                        ops.catalog.wait_for(|s| names.iter().all(|n| s.cluster(n).is_some())).await;
+                        ops.discovery_ready.store(true, Ordering::Relaxed);
+                    });
+                }
+            }
             _ = dns::wait(&mut server) => break true,
         }
     };
 
     // Lame duck: /readyz fails at once so the Service stops sending new clients here, while
     // answers go on for the drain period; then the listeners close.
-    ops.draining
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    ops.draining.store(true, Ordering::Relaxed);
     if !failed && !running.drain.is_zero() {
         info!(drain = ?running.drain, "draining: /readyz is 503, answers go on");
         tokio::select! {
@@ -253,6 +291,7 @@ async fn serve(config: Config, config_path: PathBuf, overrides: Listen) -> ExitC
     }
     server.shutdown().await;
     ops_stop.cancel();
+    discovery.shutdown().await;
     sources.shutdown().await;
     drop(sender);
     let _ = catalog_task.await;
@@ -265,22 +304,14 @@ async fn serve(config: Config, config_path: PathBuf, overrides: Listen) -> ExitC
     }
 }
 
-/// SIGHUP: loads the config again. A valid one is applied (sources of clusters added,
-/// removed or changed start or stop; the others are not touched); an invalid one is logged
-/// and the running one stays.
-fn reload(
-    running: Config,
-    path: &std::path::Path,
-    overrides: &Listen,
-    sender: &catalog::CatalogSender,
-    dns_settings: &ArcSwap<dns::DnsSettings>,
-    sources: &mut Sources,
-) -> Config {
+/// SIGHUP: loads the config file again. A valid one is returned, to be merged with the
+/// discovered clusters and applied; an invalid one is logged and the running one stays.
+fn reload(running: &Config, path: &std::path::Path, overrides: &Listen) -> Option<Config> {
     let mut new = match load(path) {
         Ok((c, _)) => c,
         Err(e) => {
             error!(error = %e, "SIGHUP: invalid configuration, keeping the running one");
-            return running;
+            return None;
         }
     };
     overrides.apply(&mut new);
@@ -288,14 +319,44 @@ fn reload(
         warn!(running = %running.listen, new = %new.listen, "listen addresses change only with a restart");
         new.listen = running.listen.clone();
     }
+    Some(new)
+}
+
+/// Applies a config (after SIGHUP or a discovery change): sources of clusters added, removed
+/// or changed start or stop, the others are not touched; zone settings take effect.
+fn apply(
+    new: Config,
+    sender: &catalog::CatalogSender,
+    dns_settings: &ArcSwap<dns::DnsSettings>,
+    sources: &mut Sources,
+) -> Config {
     sender.reconfigure(&new);
     dns_settings.store(Arc::new(dns::DnsSettings::from_config(&new)));
     sources.reconcile(&new);
-    info!(
-        clusters = new.clusters.len(),
-        "SIGHUP: configuration reloaded"
-    );
     new
+}
+
+/// One line per discovery change: which clusters were added, removed or changed.
+fn log_discovery_changes(old: &Config, new: &Config) {
+    let find = |cfg: &Config, name: &str| cfg.clusters.iter().find(|c| &*c.name == name).cloned();
+    let names = |cfg: &Config, pred: &dyn Fn(&config::ClusterConfig) -> bool| -> String {
+        cfg.clusters
+            .iter()
+            .filter(|c| pred(c))
+            .map(|c| c.name.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let added = names(new, &|c| find(old, &c.name).is_none());
+    let removed = names(old, &|c| find(new, &c.name).is_none());
+    let changed = names(new, &|c| find(old, &c.name).is_some_and(|o| o != *c));
+    info!(
+        %added,
+        %removed,
+        %changed,
+        clusters = new.clusters.len(),
+        "discovered clusters applied"
+    );
 }
 
 /// `--dns-addr` / `--ops-addr`, which win over the config file's `listen`, also on reload.
@@ -354,12 +415,34 @@ async fn dump(config: Config, timeout: Duration, zone: Option<&str>) -> ExitCode
             return ExitCode::from(2);
         }
     };
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Discovered clusters are part of the zone: list the remote secrets first.
+    let mut discovery = Discovery::new();
+    discovery.reconcile(&config);
+    let mut discovered = discovery.subscribe();
+    let listed = tokio::time::timeout_at(
+        deadline,
+        discovered.wait_for(|d| d.watching.is_none() || d.synced),
+    )
+    .await
+    .is_ok();
+    if !listed {
+        let error = discovered.borrow().last_error.clone().unwrap_or_default();
+        eprintln!(
+            "the remote secrets were not listed within {}: {error}",
+            humantime::format_duration(timeout)
+        );
+        discovery.shutdown().await;
+        return ExitCode::FAILURE;
+    }
+    let config = discovery.merge(&config);
+    discovery.shutdown().await;
     let catalog = Catalog::new(&config);
     let reader = catalog.reader();
     let mut sources = Sources::new(catalog.sender());
     sources.reconcile(&config);
     tokio::spawn(catalog.run());
-    let synced = tokio::time::timeout(timeout, reader.wait_for(|s| s.all_synced())).await;
+    let synced = tokio::time::timeout_at(deadline, reader.wait_for(|s| s.all_synced())).await;
     sources.shutdown().await;
     match synced {
         Ok(snap) => {

@@ -17,7 +17,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::catalog::{CatalogReader, unix_now};
-use crate::model::SourceState;
+use crate::discovery::Discovered;
+use crate::model::{ClusterOrigin, SourceState};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueryLabels {
@@ -82,6 +83,12 @@ impl Metrics {
         Metrics { registry, dns }
     }
 
+    /// Adds discovery's metrics, read from what it publishes at scrape time.
+    pub fn register_discovery(&mut self, discovered: tokio::sync::watch::Receiver<Discovered>) {
+        self.registry
+            .register_collector(Box::new(DiscoveryCollector { discovered }));
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
@@ -105,6 +112,19 @@ impl std::fmt::Debug for CatalogCollector {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClusterLabel {
     cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OriginLabel {
+    origin: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterOriginLabels {
+    cluster: String,
+    origin: &'static str,
+    /// `<namespace>/<name>` of the Secret a cluster was discovered in; empty for the config.
+    secret: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -212,6 +232,42 @@ impl Collector for CatalogCollector {
                 }
             }
         }
+        {
+            let mut m = encoder.encode_descriptor(
+                "meshdns_discovery_clusters",
+                "Clusters served, by where they come from: the config, or a discovered Istio remote secret",
+                None,
+                MetricType::Gauge,
+            )?;
+            for origin in [ClusterOrigin::Config.kind(), "istio-secret"] {
+                let n = clusters
+                    .iter()
+                    .filter(|c| c.origin.kind() == origin)
+                    .count();
+                ConstGauge::new(n as i64).encode(m.encode_family(&OriginLabel { origin })?)?;
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "meshdns_cluster_origin",
+                "1 per cluster, labelled with where it comes from (and the Secret it was found in)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for c in clusters {
+                let labels = ClusterOriginLabels {
+                    cluster: name(c),
+                    origin: c.origin.kind(),
+                    secret: match &c.origin {
+                        ClusterOrigin::Config => String::new(),
+                        ClusterOrigin::IstioSecret { namespace, name } => {
+                            format!("{namespace}/{name}")
+                        }
+                    },
+                };
+                ConstGauge::new(1).encode(m.encode_family(&labels)?)?;
+            }
+        }
         let stale = clusters
             .iter()
             .filter(|c| matches!(c.state, SourceState::Stale { .. }))
@@ -251,6 +307,48 @@ impl Collector for CatalogCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(stale as i64).encode(m)?;
+        Ok(())
+    }
+}
+
+/// Discovery's counters, read from what it publishes at scrape time.
+struct DiscoveryCollector {
+    discovered: tokio::sync::watch::Receiver<Discovered>,
+}
+
+impl std::fmt::Debug for DiscoveryCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DiscoveryCollector")
+    }
+}
+
+impl Collector for DiscoveryCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (secrets, skipped, errors) = {
+            let d = self.discovered.borrow();
+            (d.secrets.len(), d.skipped, d.errors)
+        };
+        let m = encoder.encode_descriptor(
+            "meshdns_discovery_secrets",
+            "Istio remote secrets read in the local cluster",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(secrets as i64).encode(m)?;
+        let m = encoder.encode_descriptor(
+            "meshdns_discovery_skipped",
+            "Malformed remote secrets or kubeconfigs in them skipped, once per resourceVersion",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(skipped).encode(m)?;
+        let m = encoder.encode_descriptor(
+            "meshdns_discovery_errors",
+            "Failures reading the remote secrets from the local API server",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(errors).encode(m)?;
         Ok(())
     }
 }

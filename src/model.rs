@@ -219,10 +219,42 @@ pub fn is_port_name(s: &str) -> bool {
         && s.bytes().any(|c| c.is_ascii_lowercase())
 }
 
+/// Where a cluster's entry came from: the config file, or a discovered Secret.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ClusterOrigin {
+    #[default]
+    Config,
+    /// An Istio remote secret (`istioctl create-remote-secret`) in the local cluster.
+    IstioSecret { namespace: String, name: String },
+}
+
+impl ClusterOrigin {
+    /// The kind alone (a metric label): `config` or `istio-secret`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClusterOrigin::Config => "config",
+            ClusterOrigin::IstioSecret { .. } => "istio-secret",
+        }
+    }
+}
+
+impl fmt::Display for ClusterOrigin {
+    /// `config`, or `istio-secret <namespace>/<name>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClusterOrigin::Config => f.write_str("config"),
+            ClusterOrigin::IstioSecret { namespace, name } => {
+                write!(f, "istio-secret {namespace}/{name}")
+            }
+        }
+    }
+}
+
 /// What operators see of one cluster (`/debug/catalog`, metrics, readiness).
 #[derive(Clone, Debug)]
 pub struct ClusterStatus {
     pub name: ClusterId,
+    pub origin: ClusterOrigin,
     pub region: Option<String>,
     pub zones: Vec<String>,
     pub state: SourceState,

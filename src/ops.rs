@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::catalog::{CatalogReader, Snapshot};
+use crate::discovery::Discovered;
 use crate::metrics::Metrics;
 use crate::model::{Service, SourceState};
 
@@ -26,6 +27,12 @@ pub struct Ops {
     pub draining: AtomicBool,
     pub started: std::time::Instant,
     pub ready_timeout: std::time::Duration,
+    /// What discovery found (`/debug/catalog`).
+    pub discovery: tokio::sync::watch::Receiver<Discovered>,
+    /// The remote secrets were listed and their clusters are in the catalog (true when there
+    /// is nothing to discover): until then `/readyz` waits, since the clusters to sync are not
+    /// known yet.
+    pub discovery_ready: AtomicBool,
 }
 
 /// Serves until `stop`.
@@ -72,8 +79,9 @@ fn route(ops: &Ops, req: Request<Incoming>) -> Response<Full<Bytes>> {
             r
         }
         "/debug/catalog" => {
-            let body = serde_json::to_string_pretty(&catalog_json(&ops.catalog.load()))
-                .unwrap_or_default();
+            let mut json = catalog_json(&ops.catalog.load());
+            json["discovery"] = discovery_json(&ops.discovery.borrow());
+            let body = serde_json::to_string_pretty(&json).unwrap_or_default();
             let mut r = text(StatusCode::OK, body + "\n");
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
@@ -94,12 +102,15 @@ fn readyz(ops: &Ops) -> Response<Full<Bytes>> {
         );
     }
     let snap = ops.catalog.load();
-    let waiting: Vec<&str> = snap
+    let mut waiting: Vec<&str> = snap
         .clusters
         .iter()
         .filter(|c| !c.synced_once)
         .map(|c| &*c.name)
         .collect();
+    if !ops.discovery_ready.load(Ordering::Relaxed) {
+        waiting.push("discovery (remote secrets)");
+    }
     if waiting.is_empty() {
         text(StatusCode::OK, "ready\n".into())
     } else if ops.started.elapsed() >= ops.ready_timeout {
@@ -160,6 +171,7 @@ pub fn catalog_json(snap: &Snapshot) -> serde_json::Value {
             };
             json!({
                 "name": &*c.name,
+                "origin": c.origin.to_string(),
                 "region": c.region,
                 "zones": c.zones,
                 "state": c.state.name(),
@@ -180,5 +192,38 @@ pub fn catalog_json(snap: &Snapshot) -> serde_json::Value {
         "zone": snap.zone.settings.origin.to_ascii(),
         "serial": snap.serial(),
         "clusters": clusters,
+    })
+}
+
+/// What discovery watches and found, per secret: the clusters it gives and what it skipped
+/// (never the kubeconfigs: they hold credentials). `null` when discovery is off.
+pub fn discovery_json(d: &Discovered) -> serde_json::Value {
+    let Some(watching) = &d.watching else {
+        return serde_json::Value::Null;
+    };
+    let secrets: Vec<serde_json::Value> = d
+        .secrets
+        .values()
+        .map(|s| {
+            json!({
+                "namespace": s.namespace,
+                "name": s.name,
+                "resource_version": s.resource_version,
+                "istio_cluster": s.istio_cluster,
+                "clusters": s.clusters.iter().map(|c| &*c.name).collect::<Vec<_>>(),
+                "skipped": s.skipped,
+            })
+        })
+        .collect();
+    json!({
+        "istio_remote_secrets": {
+            "namespace": watching.namespace,
+            "label_selector": watching.label_selector,
+        },
+        "state": if d.failing { "failing" } else if d.synced { "synced" } else { "syncing" },
+        "last_error": d.last_error,
+        "errors": d.errors,
+        "skipped": d.skipped,
+        "secrets": secrets,
     })
 }

@@ -408,6 +408,53 @@ fn check_rules(what: &str, rules: &[PolicyRule]) {
     assert_eq!(granted, expected, "{what}: the rules grant other resources");
 }
 
+/// Reading Istio remote secrets: one Role in `ns` granting get/list/watch on Secrets and
+/// nothing else, bound to the pods' service account alone.
+fn check_remote_secrets_rbac(r: &Rendered, ns: &str, sa: &str, sa_ns: &str) {
+    let what = &r.what;
+    let role: Role = r.one("Role");
+    assert_eq!(
+        role.metadata.namespace.as_deref(),
+        Some(ns),
+        "{what}: Role namespace"
+    );
+    let rules = role.rules.unwrap_or_default();
+    assert_eq!(rules.len(), 1, "{what}: {rules:?}");
+    let rule = &rules[0];
+    let mut verbs = rule.verbs.clone();
+    verbs.sort();
+    assert_eq!(verbs, READ_VERBS, "{what}: {rule:?}");
+    assert_eq!(
+        rule.api_groups,
+        Some(vec![String::new()]),
+        "{what}: {rule:?}"
+    );
+    assert_eq!(
+        rule.resources,
+        Some(vec!["secrets".to_string()]),
+        "{what}: {rule:?}"
+    );
+    assert!(rule.non_resource_urls.is_none(), "{what}: {rule:?}");
+    let binding: RoleBinding = r.one("RoleBinding");
+    assert_eq!(binding.metadata.namespace.as_deref(), Some(ns), "{what}");
+    assert_eq!(
+        (binding.role_ref.kind.as_str(), Some(&binding.role_ref.name)),
+        ("Role", role.metadata.name.as_ref()),
+        "{what}"
+    );
+    let subjects = binding.subjects.unwrap_or_default();
+    assert_eq!(subjects.len(), 1, "{what}: one subject");
+    assert_eq!(
+        (
+            subjects[0].kind.as_str(),
+            subjects[0].name.as_str(),
+            subjects[0].namespace.as_deref()
+        ),
+        ("ServiceAccount", sa, Some(sa_ns)),
+        "{what}: the Role is bound to the pods' service account"
+    );
+}
+
 /// A DaemonSet or a Deployment: what the checks need of either.
 struct Workload {
     kind: String,
@@ -455,6 +502,8 @@ struct ConfigFacts {
     dns_port: u16,
     ops_port: u16,
     drain: Duration,
+    /// Where Istio remote secrets are read (`discover.istio_remote_secrets`), if they are.
+    remote_secrets_namespace: Option<String>,
 }
 
 fn container(w: &Workload) -> &Container {
@@ -545,6 +594,15 @@ fn check_config(r: &Rendered, w: &Workload) -> ConfigFacts {
             .as_str()
             .map(|d| humantime::parse_duration(d).expect("drain"))
             .unwrap_or(Duration::from_secs(5)),
+        remote_secrets_namespace: cfg["discover"]
+            .as_object()
+            .filter(|d| d.contains_key("istio_remote_secrets"))
+            .map(|d| {
+                d["istio_remote_secrets"]["namespace"]
+                    .as_str()
+                    .unwrap_or("istio-system")
+                    .to_string()
+            }),
     };
 
     // Ports: the pod declares what meshdns binds, and the probes use the ops port.
@@ -798,11 +856,15 @@ fn check_install(r: &Rendered) -> (Workload, ConfigFacts) {
     let sa: ServiceAccount = r.named("ServiceAccount", &sa_name).expect("ServiceAccount");
     assert_eq!(sa.metadata.namespace.as_deref(), Some(w.namespace.as_str()));
 
-    // RBAC: one read-only ClusterRole bound to exactly that service account; nothing else.
-    assert!(
-        r.of_kind("Role").is_empty() && r.of_kind("RoleBinding").is_empty(),
-        "{what}"
-    );
+    // RBAC: one read-only ClusterRole bound to exactly that service account; and, only where
+    // the config reads Istio remote secrets, get/list/watch on Secrets of that one namespace.
+    match &facts.remote_secrets_namespace {
+        None => assert!(
+            r.of_kind("Role").is_empty() && r.of_kind("RoleBinding").is_empty(),
+            "{what}"
+        ),
+        Some(ns) => check_remote_secrets_rbac(r, ns, &sa_name, &w.namespace),
+    }
     let role: ClusterRole = r.one("ClusterRole");
     assert!(role.aggregation_rule.is_none(), "{what}");
     check_rules(what, role.rules.as_deref().unwrap_or_default());
@@ -999,7 +1061,12 @@ fn base_and_every_overlay_render_into_a_valid_install() {
         .iter()
         .map(|p| p.file_name().unwrap().to_owned())
         .collect();
-    for expected in ["single-cluster", "fleet-member", "deployment"] {
+    for expected in [
+        "single-cluster",
+        "fleet-member",
+        "deployment",
+        "istio-fleet",
+    ] {
         assert!(
             names.iter().any(|n| n == expected),
             "overlay {expected} missing: {names:?}"

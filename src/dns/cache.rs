@@ -246,6 +246,14 @@ impl AnswerCache {
         if current.serial == serial && current.settings == settings {
             return current;
         }
+        // An older snapshot than the current generation's (a reader or writer that loaded it
+        // just before a change): answer from a throwaway generation, never swap back.
+        if current.settings == settings
+            && hickory_proto::rr::SerialNumber::new(current.serial)
+                > hickory_proto::rr::SerialNumber::new(serial)
+        {
+            return Arc::new(Generation::new(serial, settings));
+        }
         let fresh = Arc::new(Generation::new(serial, settings));
         // Another thread may have started it already: use whichever won.
         let previous = self.current.compare_and_swap(&current, fresh.clone());
@@ -391,5 +399,18 @@ mod tests {
         assert!(cache.generation(7, 1).get(b"k").is_some());
         assert!(cache.generation(8, 1).get(b"k").is_none());
         assert!(cache.generation(8, 2).get(b"k").is_none());
+        // An older serial never replaces the current generation.
+        cache.generation(9, 2).insert(
+            b"k",
+            Entry {
+                bytes: Box::new([]),
+                qname_len: 0,
+                counter: Counter::default(),
+                qtype: String::new(),
+                rcode: String::new(),
+            },
+        );
+        assert!(cache.generation(8, 2).get(b"k").is_none());
+        assert!(cache.generation(9, 2).get(b"k").is_some());
     }
 }

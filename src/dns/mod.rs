@@ -31,10 +31,11 @@ use ipnet::IpNet;
 use tokio::net::{TcpListener, UdpSocket};
 use tracing::{debug, info, warn};
 
+mod batch;
 pub mod cache;
 mod udp;
 
-use crate::catalog::{CatalogReader, unix_now};
+use crate::catalog::{CatalogReader, Snapshot, unix_now};
 use crate::config::{ChaosName, Config};
 use crate::metrics::{DnsMetrics, QueryLabels};
 use crate::model::SourceState;
@@ -198,7 +199,13 @@ impl Handler {
     }
 
     /// Decides the response: an rcode and, for a good question, an answer.
-    fn decide(&self, s: &DnsSettings, request: &Request, client: &Client) -> Decision {
+    fn decide(
+        &self,
+        s: &DnsSettings,
+        request: &Request,
+        client: &Client,
+        snapshot: &Snapshot,
+    ) -> Decision {
         if !s.allowed(request.src().ip()) {
             self.metrics.refused_clients.inc();
             return Decision::Error(ResponseCode::Refused);
@@ -221,7 +228,6 @@ impl Handler {
             }
             (DNSClass::IN, RecordType::OPT) => Decision::Error(ResponseCode::FormErr),
             (DNSClass::IN, qtype) => {
-                let snapshot = self.catalog.load();
                 let (locality, located_by) = snapshot.zone.settings.locality.locate(client.ip);
                 let answer = snapshot.resolve(query.name(), qtype, locality);
                 let stale = answer
@@ -334,9 +340,9 @@ impl Prepared {
 }
 
 impl Handler {
-    fn prepare(&self, settings: &DnsSettings, request: &Request) -> Prepared {
+    fn prepare(&self, settings: &DnsSettings, request: &Request, snapshot: &Snapshot) -> Prepared {
         let client = Client::of(settings, request);
-        let decision = self.decide(settings, request, &client);
+        let decision = self.decide(settings, request, &client, snapshot);
         let (stale, ecs): (&[String], _) = match &decision {
             Decision::Answer(_, stale, ecs) => (stale, *ecs),
             // Not located (refused, malformed): the answer does not depend on the subnet.
@@ -371,10 +377,12 @@ impl Handler {
     /// emitted as a name, so every answer owner compresses to a pointer to it: answers are
     /// smaller, fit more often without truncation, and a cached one follows the letter case
     /// of the question it is patched with.
-    pub fn answer_udp(&self, request: &Request) -> (Vec<u8>, bool) {
+    pub fn answer_udp(&self, request: &Request) -> (Vec<u8>, Option<CacheStamp>) {
         let started = Instant::now();
-        let settings = self.settings.load();
-        let prepared = self.prepare(&settings, request);
+        let settings = self.settings.load_full();
+        // One snapshot for the whole answer; its serial tells for how long it may be cached.
+        let snapshot = self.catalog.load();
+        let prepared = self.prepare(&settings, request, &snapshot);
         let max = prepared.edns.as_ref().map_or(512, Edns::max_payload);
         let queries: Vec<Query> = match &prepared.no_questions {
             Some(_) => Vec::new(),
@@ -433,8 +441,20 @@ impl Handler {
             }
         }
         self.record(&settings, request, &info, started);
-        (bytes, prepared.cacheable() && !info.truncation)
+        let stamp = (prepared.cacheable() && !info.truncation).then(|| CacheStamp {
+            serial: snapshot.serial(),
+            settings: Arc::as_ptr(&settings) as usize,
+        });
+        (bytes, stamp)
     }
+}
+
+/// What a cacheable answer was built from: the snapshot serial and the settings version. It
+/// may only be served again while both are current.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheStamp {
+    pub serial: u32,
+    pub settings: usize,
 }
 
 /// A bare SERVFAIL header for `request`, as hickory sends when encoding fails.
@@ -459,7 +479,8 @@ impl RequestHandler for Handler {
     ) -> ResponseInfo {
         let started = Instant::now();
         let settings = self.settings.load();
-        let prepared = self.prepare(&settings, request);
+        let snapshot = self.catalog.load();
+        let prepared = self.prepare(&settings, request, &snapshot);
         let info = match response_handle
             .send_response(prepared.message(request))
             .await

@@ -1,7 +1,7 @@
 //! The UDP listener: our own receive loop in front of the handler.
 //!
-//! One blocking thread per available core reads the socket (the kernel wakes one reader per
-//! datagram). A plain query whose answer is cached for the current snapshot is answered by
+//! One blocking thread per available core reads the socket, a batch of datagrams per system
+//! call (the kernel wakes one reader at a time). A plain query whose answer is cached for the current snapshot is answered by
 //! patching the cached bytes ([`cache`](super::cache)); every other packet goes through the
 //! same [`Handler`] as TCP, built into a request the way hickory-server's own UDP loop does it:
 //! packets without a readable header or with QR=1 are dropped, undecodable ones get FORMERR.
@@ -22,6 +22,7 @@ use hickory_server::server::Request;
 use tracing::{debug, info, warn};
 
 use super::Handler;
+use super::batch::{BATCH, Batch};
 use super::cache::{AnswerCache, Entry, Question};
 use crate::metrics::QueryLabels;
 
@@ -77,12 +78,13 @@ struct Worker {
 
 impl Worker {
     fn run(self) {
-        let mut buf = vec![0u8; 4096];
-        let mut out = Vec::with_capacity(1232);
+        let mut batch = Batch::default();
+        let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(BATCH);
+        let mut spare: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
         let mut key = Vec::with_capacity(300);
         while !self.stop.load(Ordering::Relaxed) {
-            let (len, src) = match self.socket.recv_from(&mut buf) {
-                Ok(r) => r,
+            let n = match batch.recv(&self.socket) {
+                Ok(n) => n,
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -99,25 +101,27 @@ impl Worker {
                     continue;
                 }
             };
-            let packet = &buf[..len];
-            let started = Instant::now();
-            let cached = self.fast(packet, src, &mut key, &mut out);
-            if !cached {
-                // The handler records this query's metrics itself.
-                out = self.slow(packet, src, &key);
+            for i in 0..n {
+                let (packet, src) = batch.packet(i);
+                let Some(src) = src else { continue };
+                let started = Instant::now();
+                let mut out = spare.pop().unwrap_or_default();
+                let cached = self.fast(packet, src, &mut key, &mut out);
+                if cached {
+                    self.handler
+                        .metrics
+                        .latency
+                        .observe(started.elapsed().as_secs_f64());
+                } else {
+                    // The handler records this query's metrics itself.
+                    out = self.slow(packet, src, &key);
+                }
+                if !out.is_empty() {
+                    replies.push((out, src));
+                }
             }
-            if out.is_empty() {
-                continue;
-            }
-            if let Err(error) = self.socket.send_to(&out, src) {
-                debug!(%error, %src, "UDP send error");
-            }
-            if cached {
-                self.handler
-                    .metrics
-                    .latency
-                    .observe(started.elapsed().as_secs_f64());
-            }
+            batch.send(&self.socket, &replies);
+            spare.extend(replies.drain(..).map(|(b, _)| b));
         }
     }
 
@@ -177,10 +181,10 @@ impl Worker {
                 return formerr(&header);
             }
         };
-        let (bytes, cacheable) = self.handler.answer_udp(&request);
-        if !cacheable || key.is_empty() {
+        let (bytes, stamp) = self.handler.answer_udp(&request);
+        let Some(stamp) = stamp.filter(|_| !key.is_empty()) else {
             return bytes;
-        }
+        };
         let Some(q) = Question::parse(packet) else {
             return bytes;
         };
@@ -203,10 +207,10 @@ impl Worker {
             qtype,
             rcode,
         };
-        let snapshot = self.handler.catalog.load();
-        let settings = self.handler.settings.load();
+        // Filed under the snapshot and settings it was built from (not whatever is current
+        // now: a change published meanwhile must not inherit an answer that predates it).
         self.cache
-            .generation(snapshot.serial(), Arc::as_ptr(&settings) as usize)
+            .generation(stamp.serial, stamp.settings)
             .insert(key, entry);
         bytes
     }

@@ -50,7 +50,7 @@ pub const MAX_ANSWERS_ANNOTATION: &str = "meshdns.io/max-answers";
 /// The label that ties an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Server-side watch timeout; the client treats 5 s more of silence as a dead connection.
-const WATCH_TIMEOUT_SECS: u32 = 60;
+pub(crate) const WATCH_TIMEOUT_SECS: u32 = 60;
 /// How often a stale source asks the API server whether it is back.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
@@ -450,7 +450,7 @@ fn service_export_resource() -> ApiResource {
     )
 }
 
-fn backoff() -> ResetTimerBackoff<ExponentialBackoff> {
+pub(crate) fn backoff() -> ResetTimerBackoff<ExponentialBackoff> {
     ResetTimerBackoff::new(
         ExponentialBackoff::from(
             backon::ExponentialBuilder::new()
@@ -606,16 +606,25 @@ impl Status {
     }
 }
 
-async fn connect(cfg: &KubeSourceConfig) -> Result<Client, String> {
-    let config = match &cfg.kubeconfig {
-        None => kube::Config::incluster().map_err(|e| format!("in-cluster config: {e}"))?,
-        Some(path) => {
+/// A client for the cluster `cfg` names: an inline kubeconfig (a discovered Secret's), a
+/// kubeconfig file, or the pod's own service account (in-cluster).
+pub(crate) async fn connect(cfg: &KubeSourceConfig) -> Result<Client, String> {
+    let opts = kube::config::KubeConfigOptions {
+        context: cfg.context.clone(),
+        ..Default::default()
+    };
+    let config = match (&cfg.inline_kubeconfig, &cfg.kubeconfig) {
+        (Some(inline), _) => {
+            let kc = kube::config::Kubeconfig::from_yaml(&inline.0)
+                .map_err(|e| format!("inline kubeconfig: {e}"))?;
+            kube::Config::from_custom_kubeconfig(kc, &opts)
+                .await
+                .map_err(|e| format!("inline kubeconfig: {e}"))?
+        }
+        (None, None) => kube::Config::incluster().map_err(|e| format!("in-cluster config: {e}"))?,
+        (None, Some(path)) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
-            let opts = kube::config::KubeConfigOptions {
-                context: cfg.context.clone(),
-                ..Default::default()
-            };
             kube::Config::from_custom_kubeconfig(kc, &opts)
                 .await
                 .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?

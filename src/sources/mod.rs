@@ -112,10 +112,11 @@ impl Sources {
                 }));
             }
             SourceConfig::Kube(k) => {
-                let target = k
-                    .kubeconfig
-                    .as_deref()
-                    .map_or_else(|| "in-cluster".to_string(), |p| p.display().to_string());
+                let target = match (&k.inline_kubeconfig, &k.kubeconfig) {
+                    (Some(_), _) => c.origin.to_string(),
+                    (None, Some(p)) => p.display().to_string(),
+                    (None, None) => "in-cluster".to_string(),
+                };
                 let span = info_span!("source", cluster = %c.name, kube = %target);
                 let k = k.clone();
                 let (h, s) = (handle.clone(), stop.clone());
