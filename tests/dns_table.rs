@@ -582,12 +582,12 @@ fn additional_records_are_dropped_before_truncating() {
         "{}",
         full.raw
     );
-    // In 600 bytes the 6 SRV records fit (SRV targets are never compressed, RFC 2782), their
-    // addresses do not: they are left out, without TC.
+    // In 600 bytes the 6 SRV records fit (SRV targets are never compressed, RFC 2782), not
+    // all their addresses: those that fit are sent, the rest left out, without TC.
     let d = m.dig(&format!("{q} +bufsize=600"));
     assert_eq!(d.answer.len(), 6, "{}", d.raw);
     assert!(!d.has_flag("tc"), "{}", d.raw);
-    assert!(d.additional.len() < 6, "{}", d.raw);
+    assert!((1..6).contains(&d.additional.len()), "{}", d.raw);
     // The complete answer (with its additional records) still comes when it fits.
     let d = m.dig(&format!("{q} +bufsize=1232"));
     assert_eq!(

@@ -393,16 +393,13 @@ impl Handler {
                 .map(|q| q.original().clone())
                 .collect(),
         };
-        let emit = |additionals: bool| {
+        // Emits the response with the first `additionals` additional records.
+        let emit = |additionals: usize| {
             let (answers, authorities, extra) = match &prepared.decision {
                 Decision::Answer(a, ..) => (
                     a.answers.clone(),
                     a.authority.clone(),
-                    if additionals {
-                        a.additionals.clone()
-                    } else {
-                        Vec::new()
-                    },
+                    a.additionals[..additionals.min(a.additionals.len())].to_vec(),
                 ),
                 Decision::Error(_) => (Vec::new(), Vec::new(), Vec::new()),
             };
@@ -429,15 +426,28 @@ impl Handler {
                 }
             }
         };
-        let (mut info, mut bytes) = emit(true);
+        let all = match &prepared.decision {
+            Decision::Answer(a, ..) => a.additionals.len(),
+            Decision::Error(_) => 0,
+        };
+        let (mut info, mut bytes) = emit(all);
         // TC is for an incomplete answer (RFC 2181 section 9): when only additional records
-        // do not fit, leave them out instead, so the client need not retry over TCP.
-        let has_additionals =
-            matches!(&prepared.decision, Decision::Answer(a, ..) if !a.additionals.is_empty());
-        if info.truncation && has_additionals {
-            let (lean_info, lean) = emit(false);
+        // do not fit, send as many as fit, without TC, so the client need not retry over TCP.
+        if info.truncation && all > 0 {
+            let (lean_info, lean) = emit(0);
             if !lean_info.truncation {
                 (info, bytes) = (lean_info, lean);
+                // The most additional records that fit: binary search, ~log2(n) encodings.
+                let (mut fits, mut too_many) = (0, all);
+                while too_many - fits > 1 {
+                    let mid = (fits + too_many) / 2;
+                    let (mid_info, mid_bytes) = emit(mid);
+                    if mid_info.truncation {
+                        too_many = mid;
+                    } else {
+                        (fits, info, bytes) = (mid, mid_info, mid_bytes);
+                    }
+                }
             }
         }
         self.record(&settings, request, &info, started);
