@@ -196,6 +196,7 @@ fn encode_cache_hit(bencher: divan::Bencher) {
             counter: Default::default(),
             qtype: "A".into(),
             rcode: "NOERROR".into(),
+            truncated: false,
         },
     );
     let mut out = Vec::with_capacity(512);

@@ -5,7 +5,7 @@
 //! it is built (by the same handler as every other query) and later served by patching the
 //! message ID, the RD/CD flags and the question's letter case — no decoding, no record
 //! building, no encoding. Anything else (other opcodes or classes, EDNS options such as NSID
-//! or ECS, stale or time-dependent answers, truncated answers) always takes the full path.
+//! or ECS, stale or time-dependent answers) always takes the full path.
 //!
 //! A generation of the cache lives as long as one snapshot and one set of DNS settings: a new
 //! snapshot (any change in any cluster) starts an empty one, so an entry can never outlive the
@@ -165,6 +165,8 @@ pub struct Entry {
     /// For the query log.
     pub qtype: String,
     pub rcode: String,
+    /// TC=1: counted in `meshdns_dns_truncated_total` each time it is served.
+    pub truncated: bool,
 }
 
 impl Entry {
@@ -372,6 +374,7 @@ mod tests {
             counter: Counter::default(),
             qtype: "A".into(),
             rcode: "NOERROR".into(),
+            truncated: false,
         };
         let p = query(NAME, [0x00, 0x00], 0, &[]);
         let mut out = Vec::new();
@@ -394,6 +397,7 @@ mod tests {
                 counter: Counter::default(),
                 qtype: String::new(),
                 rcode: String::new(),
+                truncated: false,
             },
         );
         assert!(cache.generation(7, 1).get(b"k").is_some());
@@ -408,6 +412,7 @@ mod tests {
                 counter: Counter::default(),
                 qtype: String::new(),
                 rcode: String::new(),
+                truncated: false,
             },
         );
         assert!(cache.generation(8, 2).get(b"k").is_none());

@@ -451,7 +451,9 @@ impl Handler {
             }
         }
         self.record(&settings, request, &info, started);
-        let stamp = (prepared.cacheable() && !info.truncation).then(|| CacheStamp {
+        // A truncated answer is as deterministic as a whole one (same snapshot, same payload
+        // size): it is cached too, so big answers do not cost a full encoding every time.
+        let stamp = prepared.cacheable().then(|| CacheStamp {
             serial: snapshot.serial(),
             settings: Arc::as_ptr(&settings) as usize,
         });

@@ -149,6 +149,9 @@ impl Worker {
         entry.answer(packet, out);
         entry.counter.inc();
         self.handler.metrics.cached.inc();
+        if entry.truncated {
+            self.handler.metrics.truncated.inc();
+        }
         if settings.query_log > 0.0 && fastrand::f64() < settings.query_log {
             info!(%src, transport = "udp", qname = %q.name(), qtype = %entry.qtype, rcode = %entry.rcode, cached = true, "query");
         }
@@ -206,6 +209,7 @@ impl Worker {
             counter,
             qtype,
             rcode,
+            truncated: bytes[2] & 0x02 != 0,
         };
         // Filed under the snapshot and settings it was built from (not whatever is current
         // now: a change published meanwhile must not inherit an answer that predates it).
