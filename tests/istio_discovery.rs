@@ -7,98 +7,65 @@ mod support;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use fake_apiserver::FakeApiServer;
 use hickory_proto::rr::RecordType;
 use serde_json::{Value, json};
+use support::fleet::{self, Fleet, a, cluster_field, debug_catalog, service, slice};
 use support::{Meshdns, http_get};
 
 const WAIT: Duration = Duration::from_secs(30);
 const REVIEWS: &str = "reviews.bookinfo.svc.clusterset.local";
 
-/// Fake API servers by name; `alpha` is the local cluster, whose API holds the secrets.
-struct Fleet {
-    rt: tokio::runtime::Runtime,
-    dir: tempfile::TempDir,
-    servers: Vec<(String, FakeApiServer)>,
-}
-
-impl Fleet {
-    fn new(names: &[&str]) -> Fleet {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let servers = names
-            .iter()
-            .map(|n| {
-                let s = rt.block_on(FakeApiServer::start()).unwrap();
-                s.write_kubeconfig(&dir.path().join(format!("{n}.kubeconfig")), n)
-                    .unwrap();
-                (n.to_string(), s)
-            })
-            .collect();
-        Fleet { rt, dir, servers }
-    }
-
-    fn api(&self, name: &str) -> &FakeApiServer {
-        &self.servers.iter().find(|(n, _)| n == name).unwrap().1
-    }
-
-    /// meshdns.yaml: alpha is local and listed; `clusters_extra` lists more; discovery on.
-    fn config(&self, top_extra: &str, clusters_extra: &str) -> PathBuf {
-        let yaml = format!(
-            "zone: clusterset.local.\nallow: [127.0.0.0/8]\nlocal_cluster: alpha\n{top_extra}\n\
+/// meshdns.yaml: alpha is local and listed; `clusters_extra` lists more; discovery on.
+fn config(f: &Fleet, top_extra: &str, clusters_extra: &str) -> PathBuf {
+    let yaml = format!(
+        "zone: clusterset.local.\nallow: [127.0.0.0/8]\nlocal_cluster: alpha\n{top_extra}\n\
              discover:\n  istio_remote_secrets: {{ namespace: istio-system }}\n\
              clusters:\n  - name: alpha\n    networks: [10.10.0.0/16]\n    source: {{ kube: {{ kubeconfig: alpha.kubeconfig }} }}\n{clusters_extra}"
-        );
-        let path = self.dir.path().join("meshdns.yaml");
-        std::fs::write(&path, yaml).unwrap();
-        path
-    }
+    );
+    f.write_config(&yaml)
+}
 
-    /// Creates or replaces a remote secret in alpha's istio-system.
-    fn put_secret(&self, name: &str, annotations: Value, data: &[(&str, String)]) {
-        let data: serde_json::Map<String, Value> = data
-            .iter()
-            .map(|(k, v)| (k.to_string(), Value::String(b64(v))))
-            .collect();
-        let mut annotations = annotations;
-        if annotations.get("networking.istio.io/cluster").is_none()
-            && let Some((first, _)) = data.iter().next()
-        {
-            annotations["networking.istio.io/cluster"] = json!(first);
-        }
-        self.api("alpha").apply(json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {
-                "name": name, "namespace": "istio-system",
-                "labels": { "istio/multiCluster": "true" },
-                "annotations": annotations,
-            },
-            "type": "Opaque",
-            "data": data,
-        }));
+/// Creates or replaces a remote secret in alpha's istio-system.
+fn put_secret(f: &Fleet, name: &str, annotations: Value, data: &[(&str, String)]) {
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(b64(v))))
+        .collect();
+    let mut annotations = annotations;
+    if annotations.get("networking.istio.io/cluster").is_none()
+        && let Some((first, _)) = data.iter().next()
+    {
+        annotations["networking.istio.io/cluster"] = json!(first);
     }
+    f.api("alpha").apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {
+            "name": name, "namespace": "istio-system",
+            "labels": { "istio/multiCluster": "true" },
+            "annotations": annotations,
+        },
+        "type": "Opaque",
+        "data": data,
+    }));
+}
 
-    /// The remote secret istioctl makes for one peer: `istio-remote-secret-<peer>`.
-    fn remote_secret(&self, peer: &str, server: &str) {
-        self.put_secret(
-            &format!("istio-remote-secret-{peer}"),
-            json!({}),
-            &[(peer, self.api(server).kubeconfig_yaml(peer))],
-        );
-    }
+/// The remote secret istioctl makes for one peer: `istio-remote-secret-<peer>`.
+fn remote_secret(f: &Fleet, peer: &str, server: &str) {
+    put_secret(
+        f,
+        &format!("istio-remote-secret-{peer}"),
+        json!({}),
+        &[(peer, f.api(server).kubeconfig_yaml(peer))],
+    );
+}
 
-    fn delete_secret(&self, name: &str) {
-        assert!(
-            self.api("alpha")
-                .delete("v1", "Secret", Some("istio-system"), name)
-        );
-    }
+fn delete_secret(f: &Fleet, name: &str) {
+    assert!(
+        f.api("alpha")
+            .delete("v1", "Secret", Some("istio-system"), name)
+    );
 }
 
 fn b64(s: &str) -> String {
@@ -107,28 +74,6 @@ fn b64(s: &str) -> String {
         .as_str()
         .unwrap()
         .to_string()
-}
-
-fn service(ns: &str, name: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": { "name": name, "namespace": ns },
-        "spec": { "type": "ClusterIP", "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }] },
-    })
-}
-
-fn slice(ns: &str, name: &str, svc: &str, ips: &[&str]) -> Value {
-    let endpoints: Vec<Value> = ips
-        .iter()
-        .map(|ip| json!({ "addresses": [ip], "conditions": { "ready": true } }))
-        .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": { "name": name, "namespace": ns, "labels": { "kubernetes.io/service-name": svc } },
-        "addressType": "IPv4",
-        "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
-        "endpoints": endpoints,
-    })
 }
 
 /// `reviews` with one endpoint in each cluster: alpha 10.10.1.1, beta (and beta2, a second API
@@ -143,29 +88,14 @@ fn fleet() -> Fleet {
     ] {
         f.api(name).apply_many(vec![
             service("bookinfo", "reviews"),
-            slice("bookinfo", "reviews-1", "reviews", &[ip]),
+            slice("bookinfo", "reviews-1", "reviews", "IPv4", &[(ip, true)]),
         ]);
     }
     f
 }
 
-fn a(m: &Meshdns, name: &str) -> Vec<String> {
-    m.dig(&format!("{name} A")).sorted_answer_data()
-}
-
-fn debug_catalog(m: &Meshdns) -> Value {
-    let (_, body) = http_get(m.ops, "/debug/catalog").unwrap();
-    serde_json::from_str(&body).unwrap()
-}
-
-fn cluster_field(m: &Meshdns, cluster: &str, field: &str) -> Value {
-    debug_catalog(m)["clusters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == cluster)
-        .map(|c| c[field].clone())
-        .unwrap_or(Value::Null)
+fn wait_for(what: &str, m: &Meshdns, pred: impl Fn() -> bool) {
+    fleet::wait_for(what, m, WAIT, pred)
 }
 
 fn relists(m: &Meshdns, cluster: &str) -> u64 {
@@ -177,19 +107,6 @@ fn metric(m: &Meshdns, line_prefix: &str) -> Option<String> {
     body.lines()
         .find(|l| l.starts_with(line_prefix))
         .map(|l| l[line_prefix.len()..].trim().to_string())
-}
-
-fn wait_for(what: &str, m: &Meshdns, pred: impl Fn() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !pred() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out: {what}\ncatalog: {}\nlog:\n{}",
-            debug_catalog(m),
-            m.logs()
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 /// Queries `name` in a tight loop until stopped; returns (queries, unexpected answers).
@@ -219,14 +136,14 @@ fn probe(
 #[test]
 fn the_zone_follows_remote_secrets_added_removed_and_rotated() {
     let f = fleet();
-    f.remote_secret("beta", "beta");
-    let m = Meshdns::start(&f.config("", ""));
+    remote_secret(&f, "beta", "beta");
+    let m = Meshdns::start(&config(&f, "", ""));
     // Ready only once the secrets were read and beta synced: it is there at once.
     assert_eq!(a(&m, REVIEWS), ["10.10.1.1", "10.11.1.1"]);
     assert_eq!(a(&m, &format!("beta.{REVIEWS}")), ["10.11.1.1"]);
 
     // A new secret: its cluster's services appear.
-    f.remote_secret("gamma", "gamma");
+    remote_secret(&f, "gamma", "gamma");
     m.dig_until(&format!("{REVIEWS} A"), WAIT, |d| {
         d.sorted_answer_data() == ["10.10.1.1", "10.11.1.1", "10.12.1.1"]
     });
@@ -302,7 +219,8 @@ fn the_zone_follows_remote_secrets_added_removed_and_rotated() {
         let (stop, h) = probe(&m, &beta_name, &["10.11.1.1"]);
         std::thread::sleep(Duration::from_millis(100));
         let kubeconfig = f.api(server).kubeconfig_yaml(user);
-        f.put_secret(
+        put_secret(
+            &f,
             "istio-remote-secret-beta",
             json!({}),
             &[("beta", kubeconfig)],
@@ -322,15 +240,20 @@ fn the_zone_follows_remote_secrets_added_removed_and_rotated() {
         assert_eq!(relists(&m, "alpha"), alpha_before, "alpha untouched");
     }
     // beta now comes from beta2's API server: a change there shows.
-    f.api("beta2")
-        .apply(slice("bookinfo", "reviews-1", "reviews", &["10.11.1.7"]));
+    f.api("beta2").apply(slice(
+        "bookinfo",
+        "reviews-1",
+        "reviews",
+        "IPv4",
+        &[("10.11.1.7", true)],
+    ));
     m.dig_until(&format!("{beta_name} A"), WAIT, |d| {
         d.answer_data() == ["10.11.1.7"]
     });
 
     // SIGHUP merges the file's clusters with the discovered ones: nothing restarts.
     let before = (relists(&m, "beta"), relists(&m, "gamma"));
-    f.config("ttl: 7s", "");
+    config(&f, "ttl: 7s", "");
     let _ = std::process::Command::new("kill")
         .args(["-HUP", &m.pid().to_string()])
         .status();
@@ -341,7 +264,7 @@ fn the_zone_follows_remote_secrets_added_removed_and_rotated() {
     assert_eq!((relists(&m, "beta"), relists(&m, "gamma")), before);
 
     // A deleted secret: its cluster's slice is dropped.
-    f.delete_secret("istio-remote-secret-gamma");
+    delete_secret(&f, "istio-remote-secret-gamma");
     m.dig_until(&format!("{REVIEWS} A"), WAIT, |d| {
         d.sorted_answer_data() == ["10.10.1.1", "10.11.1.7"]
     });
@@ -359,19 +282,22 @@ fn broken_own_and_configured_clusters_in_secrets() {
     // gamma is in the config (its own kubeconfig file, its own region) and in a secret that
     // points at beta's API server: the config wins.
     let gamma = "  - name: gamma\n    region: config-region\n    source: { kube: { kubeconfig: gamma.kubeconfig } }\n";
-    f.put_secret(
+    put_secret(
+        &f,
         "istio-remote-secret-gamma",
         json!({}),
         &[("gamma", f.api("beta").kubeconfig_yaml("gamma"))],
     );
     // A secret naming this instance's own cluster (pointing elsewhere): ignored.
-    f.put_secret(
+    put_secret(
+        &f,
         "istio-remote-secret-alpha",
         json!({}),
         &[("alpha", f.api("beta").kubeconfig_yaml("alpha"))],
     );
     // A broken secret: one key is not a kubeconfig; the good key of the same secret serves.
-    f.put_secret(
+    put_secret(
+        &f,
         "istio-remote-secret-mixed",
         json!({ "meshdns.io/region": "europe-west1", "meshdns.io/zones": "europe-west1-b", "meshdns.io/networks": "10.11.0.0/16" }),
         &[
@@ -379,7 +305,7 @@ fn broken_own_and_configured_clusters_in_secrets() {
             ("beta", f.api("beta").kubeconfig_yaml("beta")),
         ],
     );
-    let config = f.config("", gamma);
+    let config = config(&f, "", gamma);
     let m = Meshdns::start(&config);
     assert_eq!(a(&m, REVIEWS), ["10.10.1.1", "10.11.1.1", "10.12.1.1"]);
     assert_eq!(a(&m, &format!("alpha.{REVIEWS}")), ["10.10.1.1"]);
@@ -440,7 +366,8 @@ fn broken_own_and_configured_clusters_in_secrets() {
     );
 
     // A new version of the broken secret is read (and counted) again.
-    f.put_secret(
+    put_secret(
+        &f,
         "istio-remote-secret-mixed",
         json!({}),
         &[
@@ -474,8 +401,8 @@ fn broken_own_and_configured_clusters_in_secrets() {
 #[test]
 fn without_the_local_api_the_discovered_clusters_keep_serving() {
     let f = fleet();
-    f.remote_secret("beta", "beta");
-    let m = Meshdns::start(&f.config("", ""));
+    remote_secret(&f, "beta", "beta");
+    let m = Meshdns::start(&config(&f, "", ""));
     assert_eq!(a(&m, &format!("beta.{REVIEWS}")), ["10.11.1.1"]);
     f.rt.block_on(f.api("alpha").set_down(true));
     wait_for("discovery failing", &m, || {
@@ -489,7 +416,7 @@ fn without_the_local_api_the_discovered_clusters_keep_serving() {
         Some("0")
     );
     // Back: a secret deleted meanwhile is noticed.
-    f.delete_secret("istio-remote-secret-beta");
+    delete_secret(&f, "istio-remote-secret-beta");
     f.rt.block_on(f.api("alpha").set_down(false));
     m.dig_until(&format!("beta.{REVIEWS} A"), WAIT, |d| {
         d.status == "NXDOMAIN"

@@ -6,120 +6,33 @@ mod support;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use fake_apiserver::FakeApiServer;
 use hickory_proto::rr::RecordType;
-use serde_json::{Value, json};
+use serde_json::json;
+use support::fleet::{self, Fleet, a, cluster_field, service, slice};
 use support::{Meshdns, http_get};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Several clusters, each a fake API server, and a meshdns config watching all of them.
-struct Fleet {
-    rt: tokio::runtime::Runtime,
-    dir: tempfile::TempDir,
-    servers: Vec<(String, FakeApiServer)>,
-}
-
-impl Fleet {
-    fn new(names: &[&str]) -> Fleet {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let servers = names
-            .iter()
-            .map(|n| {
-                let s = rt.block_on(FakeApiServer::start()).unwrap();
-                s.write_kubeconfig(&dir.path().join(format!("{n}.kubeconfig")), n)
-                    .unwrap();
-                (n.to_string(), s)
-            })
-            .collect();
-        Fleet { rt, dir, servers }
+/// meshdns.yaml for `f`: the first cluster is local; `source_extra` is added to each kube
+/// source.
+fn config(f: &Fleet, source_extra: &str, top_extra: &str) -> PathBuf {
+    let mut yaml = format!(
+        "zone: clusterset.local.\nallow: [127.0.0.0/8]\nlocal_cluster: {}\n{top_extra}\nclusters:\n",
+        f.servers[0].0
+    );
+    for (i, (name, _)) in f.servers.iter().enumerate() {
+        yaml.push_str(&format!(
+            "  - name: {name}\n    networks: [10.{}.0.0/16]\n    source: {{ kube: {{ kubeconfig: {name}.kubeconfig{source_extra} }} }}\n",
+            10 + i
+        ));
     }
-
-    fn api(&self, name: &str) -> &FakeApiServer {
-        &self.servers.iter().find(|(n, _)| n == name).unwrap().1
-    }
-
-    fn set_down(&self, name: &str, down: bool) {
-        self.rt.block_on(self.api(name).set_down(down));
-    }
-
-    /// meshdns.yaml: the first cluster is local; `source_extra` is added to each kube source.
-    fn config(&self, source_extra: &str, top_extra: &str) -> PathBuf {
-        let mut yaml = format!(
-            "zone: clusterset.local.\nallow: [127.0.0.0/8]\nlocal_cluster: {}\n{top_extra}\nclusters:\n",
-            self.servers[0].0
-        );
-        for (i, (name, _)) in self.servers.iter().enumerate() {
-            yaml.push_str(&format!(
-                "  - name: {name}\n    networks: [10.{}.0.0/16]\n    source: {{ kube: {{ kubeconfig: {name}.kubeconfig{source_extra} }} }}\n",
-                10 + i
-            ));
-        }
-        let path = self.dir.path().join("meshdns.yaml");
-        std::fs::write(&path, yaml).unwrap();
-        path
-    }
-}
-
-fn service(ns: &str, name: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": { "name": name, "namespace": ns },
-        "spec": { "type": "ClusterIP", "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }] },
-    })
-}
-
-/// An EndpointSlice of `svc` with `(address, ready)` endpoints.
-fn slice(ns: &str, name: &str, svc: &str, family: &str, eps: &[(&str, bool)]) -> Value {
-    let endpoints: Vec<Value> = eps
-        .iter()
-        .map(|(ip, ready)| json!({ "addresses": [ip], "conditions": { "ready": ready } }))
-        .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": { "name": name, "namespace": ns, "labels": { "kubernetes.io/service-name": svc } },
-        "addressType": family,
-        "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
-        "endpoints": endpoints,
-    })
-}
-
-fn a(m: &Meshdns, name: &str) -> Vec<String> {
-    m.dig(&format!("{name} A")).sorted_answer_data()
-}
-
-fn debug_catalog(m: &Meshdns) -> Value {
-    let (_, body) = http_get(m.ops, "/debug/catalog").unwrap();
-    serde_json::from_str(&body).unwrap()
-}
-
-fn cluster_field(m: &Meshdns, cluster: &str, field: &str) -> Value {
-    debug_catalog(m)["clusters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == cluster)
-        .map(|c| c[field].clone())
-        .unwrap_or(Value::Null)
+    f.write_config(&yaml)
 }
 
 fn wait_for(what: &str, m: &Meshdns, pred: impl Fn() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !pred() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out: {what}\nlog:\n{}",
-            m.logs()
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    fleet::wait_for(what, m, WAIT, pred)
 }
 
 fn istiod_fleet() -> Fleet {
@@ -168,7 +81,7 @@ fn istiod_fleet() -> Fleet {
 #[test]
 fn three_clusters_merge_and_follow_changes() {
     let f = istiod_fleet();
-    let m = Meshdns::start(&f.config("", ""));
+    let m = Meshdns::start(&config(&f, "", ""));
     let reviews = "reviews.bookinfo.svc.clusterset.local";
     assert_eq!(a(&m, reviews), ["10.10.1.1", "10.11.1.1", "10.12.1.1"]);
     // The local cluster first.
@@ -253,7 +166,7 @@ fn multi_slice_dual_stack_external_name_and_malformed_objects() {
             "addressType": "FQDN", "endpoints": [{ "addresses": ["db.example.com"] }],
         }),
     ]);
-    let m = Meshdns::start(&f.config("", ""));
+    let m = Meshdns::start(&config(&f, "", ""));
     assert_eq!(
         a(&m, "front.web.svc.clusterset.local"),
         ["10.10.0.1", "10.10.0.2", "10.10.0.3"]
@@ -310,7 +223,7 @@ fn relists_never_show_an_empty_or_partial_answer() {
         ),
     ]);
     // Small pages, so a relist takes several requests.
-    let m = Meshdns::start(&f.config("", ""));
+    let m = Meshdns::start(&config(&f, "", ""));
     let name = "reviews.bookinfo.svc.clusterset.local.";
     assert_eq!(
         support::query(m.dns, name, RecordType::A).unwrap().1.len(),
@@ -369,7 +282,7 @@ fn relists_never_show_an_empty_or_partial_answer() {
 #[test]
 fn an_outage_keeps_the_last_data_marks_it_stale_and_recovers() {
     let f = istiod_fleet();
-    let m = Meshdns::start(&f.config("", ""));
+    let m = Meshdns::start(&config(&f, "", ""));
     let name = "beta.reviews.bookinfo.svc.clusterset.local";
     assert_eq!(a(&m, name), ["10.11.1.1"]);
 
@@ -407,7 +320,7 @@ fn an_outage_keeps_the_last_data_marks_it_stale_and_recovers() {
 #[test]
 fn expire_after_drops_a_lost_clusters_data() {
     let f = istiod_fleet();
-    let m = Meshdns::start(&f.config("", "expire_after: 2s"));
+    let m = Meshdns::start(&config(&f, "", "expire_after: 2s"));
     let name = "gamma.reviews.bookinfo.svc.clusterset.local";
     assert_eq!(a(&m, name), ["10.12.1.1"]);
     f.set_down("gamma", true);
@@ -425,7 +338,7 @@ fn expire_after_drops_a_lost_clusters_data() {
 #[test]
 fn a_broken_remote_kubeconfig_is_reported_and_the_rest_serve() {
     let f = istiod_fleet();
-    let config = f.config("", "ready_timeout: 2s");
+    let config = config(&f, "", "ready_timeout: 2s");
     std::fs::write(
         f.dir.path().join("gamma.kubeconfig"),
         "this: is not a kubeconfig\n",
@@ -468,7 +381,7 @@ fn export_modes_and_namespaces() {
             &[("10.10.0.3", true)],
         ),
     ]);
-    let m = Meshdns::start(&f.config(", export: labeled", ""));
+    let m = Meshdns::start(&config(&f, ", export: labeled", ""));
     assert_eq!(a(&m, "labeled.apps.svc.clusterset.local"), ["10.10.0.1"]);
     assert_eq!(
         m.dig("plain.apps.svc.clusterset.local A").status,
@@ -477,7 +390,7 @@ fn export_modes_and_namespaces() {
     drop(m);
 
     // serviceexport: nothing is exported while the CRD is missing; then ServiceExports count.
-    let m = Meshdns::start(&f.config(", export: serviceexport", ""));
+    let m = Meshdns::start(&config(&f, ", export: serviceexport", ""));
     assert_eq!(
         m.dig("plain.apps.svc.clusterset.local A").status,
         "NXDOMAIN"
@@ -489,7 +402,7 @@ fn export_modes_and_namespaces() {
         "apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceExport",
         "metadata": { "name": "plain", "namespace": "apps" },
     }));
-    let m = Meshdns::start(&f.config(", export: serviceexport", ""));
+    let m = Meshdns::start(&config(&f, ", export: serviceexport", ""));
     assert_eq!(a(&m, "plain.apps.svc.clusterset.local"), ["10.10.0.2"]);
     assert_eq!(
         m.dig("labeled.apps.svc.clusterset.local A").status,
@@ -505,7 +418,7 @@ fn export_modes_and_namespaces() {
     drop(m);
 
     // namespaces: only those are watched.
-    let m = Meshdns::start(&f.config(", namespaces: [other]", ""));
+    let m = Meshdns::start(&config(&f, ", namespaces: [other]", ""));
     assert_eq!(a(&m, "elsewhere.other.svc.clusterset.local"), ["10.10.0.3"]);
     assert_eq!(
         m.dig("plain.apps.svc.clusterset.local A").status,
@@ -516,7 +429,7 @@ fn export_modes_and_namespaces() {
 #[test]
 fn streaming_lists() {
     let f = istiod_fleet();
-    let m = Meshdns::start(&f.config(", streaming_lists: true", ""));
+    let m = Meshdns::start(&config(&f, ", streaming_lists: true", ""));
     assert_eq!(a(&m, "reviews.bookinfo.svc.clusterset.local").len(), 3);
     f.api("beta").apply(slice(
         "bookinfo",
@@ -533,7 +446,7 @@ fn streaming_lists() {
 #[test]
 fn stale_answers_carry_an_extended_dns_error() {
     let f = istiod_fleet();
-    let m = Meshdns::start(&f.config("", ""));
+    let m = Meshdns::start(&config(&f, "", ""));
     let d = m.dig("reviews.bookinfo.svc.clusterset.local A");
     assert!(!d.raw.contains("EDE"), "{}", d.raw);
     f.set_down("beta", true);
@@ -585,7 +498,7 @@ fn service_annotations_set_the_answer_policy() {
         bad,
         slice("app", "bad-1", "bad", "IPv4", &[("10.10.0.3", true)]),
     ]);
-    let m = Meshdns::start(&f.config("", ""));
+    let m = Meshdns::start(&config(&f, "", ""));
     assert_eq!(a(&m, "capped.app.svc.clusterset.local"), ["10.10.0.1"]);
     // A malformed annotation makes the service unusable: skipped and counted, not guessed.
     assert_eq!(m.dig("bad.app.svc.clusterset.local A").status, "NXDOMAIN");

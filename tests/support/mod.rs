@@ -2,6 +2,8 @@
 //! loopback ports, query it with the real `dig`, read its ops endpoints.
 #![allow(dead_code)]
 
+pub mod fleet;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
