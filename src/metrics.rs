@@ -38,6 +38,19 @@ pub struct DnsMetrics {
     pub cached: Counter,
 }
 
+impl DnsMetrics {
+    /// The `meshdns_dns_queries_total` counter of one (qtype, rcode, transport).
+    pub fn queries_of(&self, qtype: String, rcode: String, transport: &'static str) -> Counter {
+        self.queries
+            .get_or_create(&QueryLabels {
+                qtype,
+                rcode,
+                transport,
+            })
+            .clone()
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub dns: Arc<DnsMetrics>,

@@ -385,36 +385,27 @@ mod tests {
         assert_eq!(&out[12..12 + NAME.len()], NAME);
     }
 
+    fn empty_entry() -> Entry {
+        Entry {
+            bytes: Box::new([]),
+            qname_len: 0,
+            counter: Counter::default(),
+            qtype: String::new(),
+            rcode: String::new(),
+            truncated: false,
+        }
+    }
+
     #[test]
     fn generations_follow_serial_and_settings() {
         let cache = AnswerCache::default();
         let g = cache.generation(7, 1);
-        g.insert(
-            b"k",
-            Entry {
-                bytes: Box::new([]),
-                qname_len: 0,
-                counter: Counter::default(),
-                qtype: String::new(),
-                rcode: String::new(),
-                truncated: false,
-            },
-        );
+        g.insert(b"k", empty_entry());
         assert!(cache.generation(7, 1).get(b"k").is_some());
         assert!(cache.generation(8, 1).get(b"k").is_none());
         assert!(cache.generation(8, 2).get(b"k").is_none());
         // An older serial never replaces the current generation.
-        cache.generation(9, 2).insert(
-            b"k",
-            Entry {
-                bytes: Box::new([]),
-                qname_len: 0,
-                counter: Counter::default(),
-                qtype: String::new(),
-                rcode: String::new(),
-                truncated: false,
-            },
-        );
+        cache.generation(9, 2).insert(b"k", empty_entry());
         assert!(cache.generation(8, 2).get(b"k").is_none());
         assert!(cache.generation(9, 2).get(b"k").is_some());
     }

@@ -37,7 +37,7 @@ mod udp;
 
 use crate::catalog::{CatalogReader, Snapshot, unix_now};
 use crate::config::{ChaosName, Config};
-use crate::metrics::{DnsMetrics, QueryLabels};
+use crate::metrics::DnsMetrics;
 use crate::model::SourceState;
 use crate::zone::Answer;
 
@@ -77,10 +77,7 @@ impl DnsSettings {
 
 fn contains(nets: &[IpNet], ip: IpAddr) -> bool {
     // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
+    let ip = ip.to_canonical();
     nets.iter().any(|net| net.contains(&ip))
 }
 
@@ -532,14 +529,7 @@ impl Handler {
                 "query"
             );
         }
-        self.metrics
-            .queries
-            .get_or_create(&QueryLabels {
-                qtype,
-                rcode,
-                transport,
-            })
-            .inc();
+        self.metrics.queries_of(qtype, rcode, transport).inc();
         if info.truncation {
             self.metrics.truncated.inc();
         }

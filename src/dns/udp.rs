@@ -24,7 +24,6 @@ use tracing::{debug, info, warn};
 use super::Handler;
 use super::batch::{BATCH, Batch};
 use super::cache::{AnswerCache, Entry, Question};
-use crate::metrics::QueryLabels;
 
 /// How often blocked readers look at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(100);
@@ -174,12 +173,7 @@ impl Worker {
                 debug!(%error, %src, "malformed request: FORMERR");
                 self.handler
                     .metrics
-                    .queries
-                    .get_or_create(&QueryLabels {
-                        qtype: "none".into(),
-                        rcode: "FORMERR".into(),
-                        transport: "udp",
-                    })
+                    .queries_of("none".into(), "FORMERR".into(), "udp")
                     .inc();
                 return formerr(&header);
             }
@@ -196,13 +190,7 @@ impl Worker {
         let counter = self
             .handler
             .metrics
-            .queries
-            .get_or_create(&QueryLabels {
-                qtype: qtype.clone(),
-                rcode: rcode.clone(),
-                transport: "udp",
-            })
-            .clone();
+            .queries_of(qtype.clone(), rcode.clone(), "udp");
         let entry = Entry {
             bytes: bytes.clone().into_boxed_slice(),
             qname_len: q.qname.len(),

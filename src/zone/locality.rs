@@ -114,10 +114,7 @@ impl LocalityMap {
     /// The most specific range that contains `ip`.
     fn find(&self, ip: IpAddr) -> Option<&(IpNet, Locality, u16)> {
         // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = ip.to_canonical();
         self.entries.iter().find(|(net, ..)| net.contains(&ip))
     }
 

@@ -36,7 +36,7 @@ pub struct ZoneSettings {
     pub rname: Name,
     pub reverse: Vec<ReverseZone>,
     /// Addresses of nameservers whose names are inside the zone (glue).
-    glue: HashMap<LowerName, Vec<IpAddr>>,
+    glue: HashMap<LowerName, Addrs>,
     /// Answer order of clusters: the local cluster first, then config order.
     pub cluster_order: Vec<ClusterId>,
     /// Whether `_status.<svc>.<ns>.svc.<zone>` TXT records are served.
@@ -56,7 +56,11 @@ impl ZoneSettings {
             .nameservers
             .iter()
             .filter(|ns| origin.zone_of(&ns.name))
-            .map(|ns| (LowerName::new(&ns.name), ns.addresses.clone()))
+            .map(|ns| {
+                let mut addrs = Addrs::default();
+                ns.addresses.iter().for_each(|ip| addrs.push(*ip));
+                (LowerName::new(&ns.name), addrs)
+            })
             .collect();
         let mut cluster_order: Vec<ClusterId> = Vec::new();
         if let Some(local) = &config.local_cluster {
@@ -279,7 +283,7 @@ impl ZoneData {
     pub fn record_count(&self) -> usize {
         let apex = 1
             + self.settings.nameservers.len()
-            + self.settings.glue.values().map(Vec::len).sum::<usize>();
+            + self.settings.glue.values().map(Addrs::len).sum::<usize>();
         let services: usize = self
             .services
             .values()
@@ -352,9 +356,11 @@ impl ZoneData {
         let mut out = Vec::new();
         for ns in &self.settings.nameservers {
             if let Some(addrs) = self.settings.glue.get(&LowerName::new(&ns.name)) {
-                for ip in addrs {
-                    out.push(addr_record(&ns.name, self.settings.ttl, *ip));
-                }
+                out.extend(
+                    addrs
+                        .iter()
+                        .map(|ip| addr_record(&ns.name, self.settings.ttl, ip)),
+                );
             }
         }
         out
@@ -403,11 +409,7 @@ impl ZoneData {
     ) -> Answer {
         let origin = &self.settings.origin;
         if let Some(addrs) = self.settings.glue.get(lower) {
-            let addrs = addrs.iter().fold(Addrs::default(), |mut a, ip| {
-                a.push(*ip);
-                a
-            });
-            let recs = addr_records(qname, self.settings.ttl, &addrs, Family::of(qtype, &addrs));
+            let recs = addr_records(qname, self.settings.ttl, addrs, Family::of(qtype, addrs));
             return self.positive_or_nodata(origin, recs);
         }
         let found = match names::parse(&self.settings.origin_lower, lower) {
