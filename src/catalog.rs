@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use hickory_proto::rr::SerialNumber;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
@@ -57,11 +57,36 @@ impl SourceHandle {
     /// Sends an update; false when the catalog is gone (shutting down).
     pub fn send(&self, update: Update) -> bool {
         self.tx
-            .send(Input::Source(SourceEvent {
-                cluster: self.cluster.clone(),
-                update,
-            }))
+            .send(Input::Source(
+                SourceEvent {
+                    cluster: self.cluster.clone(),
+                    update,
+                },
+                None,
+            ))
             .is_ok()
+    }
+
+    /// Whether the catalog is gone (shutting down).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Sends an update and resolves once a snapshot that contains it is published (readers
+    /// see it), or with an error when the catalog is gone. A Pub/Sub source acknowledges a
+    /// message only then.
+    pub async fn send_applied(&self, update: Update) -> Result<(), ()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Input::Source(
+                SourceEvent {
+                    cluster: self.cluster.clone(),
+                    update,
+                },
+                Some(tx),
+            ))
+            .map_err(|_| ())?;
+        rx.await.map_err(|_| ())
     }
 }
 
@@ -113,6 +138,11 @@ impl CatalogReader {
         self.current.load_full()
     }
 
+    /// Told the serial of every new snapshot (the latest one only, if several came quickly).
+    pub fn subscribe(&self) -> watch::Receiver<u32> {
+        self.published.clone()
+    }
+
     /// Waits until a snapshot satisfies `pred` (tests, `dump`).
     pub async fn wait_for(&self, pred: impl Fn(&Snapshot) -> bool) -> Arc<Snapshot> {
         let mut rx = self.published.clone();
@@ -131,7 +161,8 @@ impl CatalogReader {
 /// What the writer receives: source events, and new configs (SIGHUP).
 #[derive(Debug)]
 enum Input {
-    Source(SourceEvent),
+    /// With a sender to tell once the event is in a published snapshot.
+    Source(SourceEvent, Option<oneshot::Sender<()>>),
     Reconfigure(Box<Config>),
 }
 
@@ -265,6 +296,16 @@ struct Pending {
     services: HashSet<ServiceKey>,
     /// Clusters whose status (not data) changed.
     status: bool,
+    /// Told once the snapshot with these events is published.
+    applied: Vec<oneshot::Sender<()>>,
+}
+
+impl Pending {
+    fn tell_applied(&mut self) {
+        for tx in self.applied.drain(..) {
+            let _ = tx.send(());
+        }
+    }
 }
 
 /// The writer's own copy of what it publishes.
@@ -320,6 +361,8 @@ impl Writer {
                 None => self.expire(&mut state.clusters, &mut pending),
             }
             if pending.services.is_empty() && !pending.status {
+                // Nothing to publish: what was sent is already in the current snapshot.
+                pending.tell_applied();
                 continue;
             }
             let build_started = Instant::now();
@@ -341,6 +384,7 @@ impl Writer {
             let serial = snapshot.zone.serial;
             self.current.store(Arc::new(snapshot));
             let _ = self.published.send(serial);
+            pending.tell_applied();
             debug!(
                 serial,
                 services_changed = pending.services.len(),
@@ -352,7 +396,10 @@ impl Writer {
 
     fn input(&mut self, state: &mut State, input: Input, pending: &mut Pending) {
         match input {
-            Input::Source(ev) => apply(state, ev, pending),
+            Input::Source(ev, applied) => {
+                apply(state, ev, pending);
+                pending.applied.extend(applied);
+            }
             Input::Reconfigure(config) => {
                 self.coalesce = config.coalesce;
                 self.expire_after = config.expire_after;
@@ -493,6 +540,13 @@ fn same(a: &Arc<Service>, b: &Arc<Service>) -> bool {
 
 fn count_endpoints(slice: &Slice) -> usize {
     slice.values().map(|s| s.ready_endpoints().count()).sum()
+}
+
+/// Microseconds since the Unix epoch (message timestamps across machines).
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 pub fn unix_now() -> u64 {

@@ -57,6 +57,41 @@ pub struct Config {
     pub locality: LocalityConfig,
     /// Where more clusters are found at run time (`clusters` wins over what is found).
     pub discover: Discover,
+    /// Publish the local cluster's slice to Google Cloud Pub/Sub; `None`: not published.
+    pub publish: Option<PublishConfig>,
+}
+
+/// The `publish` section: one instance per cluster (the holder of a Lease) publishes the
+/// local cluster's slice to its own topic, for peers that read it with a `pubsub` source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PublishConfig {
+    /// `projects/{project}/topics/{topic}`.
+    pub topic: String,
+    /// A full snapshot goes out this often (and on every takeover).
+    pub resync: Duration,
+    /// The Lease in the local cluster that elects the publisher.
+    pub lease_namespace: String,
+    pub lease_name: String,
+    /// How long a leader holds the lease without renewing it.
+    pub lease_duration: Duration,
+    /// Largest message published; snapshots are split into chunks below it.
+    pub max_message_bytes: usize,
+    /// Where snapshot requests go (a subscriber that lost its place asks for one here).
+    pub requests_topic: Option<String>,
+}
+
+/// A `pubsub` source: a peer cluster's slice read from the topic its publisher writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PubSubSourceConfig {
+    /// `projects/{project}/topics/{topic}`.
+    pub topic: String,
+    /// A subscription made beforehand (`projects/{p}/subscriptions/{s}`); `None`: this
+    /// instance creates its own and deletes it on shutdown.
+    pub subscription: Option<String>,
+    /// An own subscription left behind (a crash) is deleted by Pub/Sub after this long idle.
+    pub subscription_expiry: Duration,
+    /// Where to ask the publisher for a full snapshot (after a gap, or at start).
+    pub requests_topic: Option<String>,
 }
 
 /// The `discover` section: peer clusters found at run time rather than listed.
@@ -154,6 +189,7 @@ pub enum SourceConfig {
     Kube(KubeSourceConfig),
     /// Absolute (resolved against the config file's directory).
     File(PathBuf),
+    PubSub(PubSubSourceConfig),
 }
 
 /// What a `kube` source watches. `kubeconfig: None` means in-cluster.
@@ -287,6 +323,45 @@ struct RawConfig {
     locality: RawLocality,
     #[serde(default)]
     discover: RawDiscover,
+    #[serde(default)]
+    publish: Option<Spanned<RawPublish>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPublish {
+    project: Spanned<String>,
+    /// Default `meshdns-<local_cluster>`.
+    #[serde(default)]
+    topic: Option<Spanned<String>>,
+    #[serde(default)]
+    resync: Option<Spanned<HumanDuration>>,
+    #[serde(default)]
+    lease_namespace: Option<Spanned<String>>,
+    #[serde(default)]
+    lease_name: Option<Spanned<String>>,
+    #[serde(default)]
+    lease_duration: Option<Spanned<HumanDuration>>,
+    #[serde(default)]
+    max_message_bytes: Option<Spanned<usize>>,
+    /// Default `meshdns-requests`; empty: no requests.
+    #[serde(default)]
+    requests_topic: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPubSubSource {
+    project: Spanned<String>,
+    /// Default `meshdns-<cluster>`.
+    #[serde(default)]
+    topic: Option<Spanned<String>>,
+    #[serde(default)]
+    subscription: Option<Spanned<String>>,
+    #[serde(default)]
+    subscription_expiry: Option<Spanned<HumanDuration>>,
+    #[serde(default)]
+    requests_topic: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -376,6 +451,7 @@ struct RawCluster {
 enum RawSource {
     Kube(KubeSourceConfig),
     File(PathBuf),
+    Pubsub(RawPubSubSource),
 }
 
 #[derive(Deserialize)]
@@ -484,6 +560,45 @@ impl Config {
                     })
                 }
                 RawSource::File(p) => SourceConfig::File(base.join(p)),
+                RawSource::Pubsub(p) => {
+                    let key = |k: &str| format!("clusters[{i}].source.pubsub.{k}");
+                    let project = pubsub_id(&p.project.value, p.project.referenced, "project")
+                        .map_err(|(at, m)| invalid(&at, &key("project"), m))?;
+                    let topic = resource_name(
+                        &project,
+                        "topics",
+                        p.topic.as_ref(),
+                        &format!("meshdns-{}", c.name.value),
+                    )
+                    .map_err(|(at, m)| invalid(&at, &key("topic"), m))?;
+                    let subscription = match &p.subscription {
+                        None => None,
+                        Some(s) => Some(
+                            resource_name(&project, "subscriptions", Some(s), "")
+                                .map_err(|(at, m)| invalid(&at, &key("subscription"), m))?,
+                        ),
+                    };
+                    // Pub/Sub's own bounds for an expiration policy.
+                    let subscription_expiry = match &p.subscription_expiry {
+                        None => Duration::from_secs(24 * 3600),
+                        Some(d) if (86_400..=31 * 86_400).contains(&d.value.0.as_secs()) => {
+                            d.value.0
+                        }
+                        Some(d) => {
+                            return Err(invalid(
+                                &d.referenced,
+                                &key("subscription_expiry"),
+                                "between 1d and 31d (Pub/Sub's bounds)".into(),
+                            ));
+                        }
+                    };
+                    SourceConfig::PubSub(PubSubSourceConfig {
+                        requests_topic: requests_topic(&project, p.requests_topic.as_deref()),
+                        topic,
+                        subscription,
+                        subscription_expiry,
+                    })
+                }
             };
             clusters.push(ClusterConfig {
                 name: c.name.value.as_str().into(),
@@ -635,6 +750,110 @@ impl Config {
             discover.istio_remote_secrets = Some(d);
         }
 
+        let publish = match raw.publish {
+            None => None,
+            Some(p) => {
+                let at = p.referenced;
+                let p = p.value;
+                let Some(local) = &local_cluster else {
+                    return Err(invalid(
+                        &at,
+                        "publish",
+                        "needs local_cluster: the cluster whose slice is published".into(),
+                    ));
+                };
+                let kube_source = clusters
+                    .iter()
+                    .any(|c| c.name == *local && matches!(c.source, SourceConfig::Kube(_)));
+                if !kube_source {
+                    return Err(invalid(
+                        &at,
+                        "publish",
+                        format!(
+                            "the local cluster {local:?} needs a kube source (it holds the publisher's Lease)"
+                        ),
+                    ));
+                }
+                let project = pubsub_id(&p.project.value, p.project.referenced, "project")
+                    .map_err(|(at, m)| invalid(&at, "publish.project", m))?;
+                let topic = resource_name(
+                    &project,
+                    "topics",
+                    p.topic.as_ref(),
+                    &format!("meshdns-{local}"),
+                )
+                .map_err(|(at, m)| invalid(&at, "publish.topic", m))?;
+                let lease_namespace = match p.lease_namespace {
+                    Some(ns) if is_dns_label(&ns.value) => ns.value,
+                    Some(ns) => {
+                        return Err(invalid(
+                            &ns.referenced,
+                            "publish.lease_namespace",
+                            format!("{:?} is not a namespace name", ns.value),
+                        ));
+                    }
+                    None => std::env::var("POD_NAMESPACE")
+                        .ok()
+                        .filter(|ns| is_dns_label(ns))
+                        .unwrap_or_else(|| "meshdns".into()),
+                };
+                let lease_name = match p.lease_name {
+                    Some(n) if is_dns_label(&n.value) => n.value,
+                    Some(n) => {
+                        return Err(invalid(
+                            &n.referenced,
+                            "publish.lease_name",
+                            format!("{:?} is not a DNS label", n.value),
+                        ));
+                    }
+                    None => "meshdns-publisher".into(),
+                };
+                let lease_duration = match p.lease_duration {
+                    None => Duration::from_secs(15),
+                    Some(d) if (2..=300).contains(&d.value.0.as_secs()) => d.value.0,
+                    Some(d) => {
+                        return Err(invalid(
+                            &d.referenced,
+                            "publish.lease_duration",
+                            "between 2s and 5m".into(),
+                        ));
+                    }
+                };
+                let resync = match p.resync {
+                    None => Duration::from_secs(60),
+                    Some(d) if d.value.0 >= Duration::from_millis(100) => d.value.0,
+                    Some(d) => {
+                        return Err(invalid(
+                            &d.referenced,
+                            "publish.resync",
+                            "at least 100ms".into(),
+                        ));
+                    }
+                };
+                // Pub/Sub refuses messages over 10 MB; leave room for the envelope.
+                let max_message_bytes = match p.max_message_bytes {
+                    None => 4 << 20,
+                    Some(m) if (1024..=9 << 20).contains(&m.value) => m.value,
+                    Some(m) => {
+                        return Err(invalid(
+                            &m.referenced,
+                            "publish.max_message_bytes",
+                            "between 1024 and 9437184 (Pub/Sub's limit is 10 MB)".into(),
+                        ));
+                    }
+                };
+                Some(PublishConfig {
+                    requests_topic: requests_topic(&project, p.requests_topic.as_deref()),
+                    topic,
+                    resync,
+                    lease_namespace,
+                    lease_name,
+                    lease_duration,
+                    max_message_bytes,
+                })
+            }
+        };
+
         let locality = LocalityConfig {
             default: AnswerPolicy {
                 policy: Some(raw.locality.policy.unwrap_or_default()),
@@ -674,7 +893,71 @@ impl Config {
             query_log,
             locality,
             discover,
+            publish,
         })
+    }
+}
+
+/// A Pub/Sub project id (or a topic/subscription id): letters, digits and `-._~%+`.
+fn pubsub_id(
+    s: &str,
+    at: serde_saphyr::Location,
+    what: &str,
+) -> Result<String, (serde_saphyr::Location, String)> {
+    let s = s.trim();
+    let ok = (3..=255).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._~%+".contains(c))
+        && !s.starts_with("goog");
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err((
+            at,
+            format!(
+                "{s:?} is not a Pub/Sub {what} id (3-255 letters, digits, '-._~%+', starting with a letter)"
+            ),
+        ))
+    }
+}
+
+/// `projects/{project}/{kind}/{id}` from an id, a full name, or the default id.
+fn resource_name(
+    project: &str,
+    kind: &str,
+    given: Option<&Spanned<String>>,
+    default: &str,
+) -> Result<String, (serde_saphyr::Location, String)> {
+    let Some(given) = given else {
+        return Ok(format!("projects/{project}/{kind}/{default}"));
+    };
+    let (v, at) = (given.value.trim(), given.referenced);
+    let what = kind.trim_end_matches('s');
+    match v.split('/').collect::<Vec<_>>().as_slice() {
+        [id] => Ok(format!(
+            "projects/{project}/{kind}/{}",
+            pubsub_id(id, at, what)?
+        )),
+        ["projects", p, k, id] if *k == kind => {
+            pubsub_id(p, at, "project")?;
+            pubsub_id(id, at, what)?;
+            Ok(v.to_string())
+        }
+        _ => Err((
+            at,
+            format!("{v:?} is neither an id nor projects/PROJECT/{kind}/ID"),
+        )),
+    }
+}
+
+/// The snapshot-request topic: `meshdns-requests` unless set; empty turns requests off.
+fn requests_topic(project: &str, given: Option<&str>) -> Option<String> {
+    match given.map(str::trim) {
+        None => Some(format!("projects/{project}/topics/meshdns-requests")),
+        Some("") => None,
+        Some(t) if t.starts_with("projects/") => Some(t.to_string()),
+        Some(t) => Some(format!("projects/{project}/topics/{t}")),
     }
 }
 

@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 use meshdns::catalog::{self, Catalog};
 use meshdns::config::{self, Config};
 use meshdns::discovery::{self, Discovery};
+use meshdns::fanout::publisher::{Plan, Publisher};
 use meshdns::sources::{self, Sources};
 use meshdns::{dns, metrics, ops};
 
@@ -196,6 +197,8 @@ async fn serve(config: Config, config_path: PathBuf, overrides: Listen) -> ExitC
 
     let mut sources = Sources::new(sender.clone());
     sources.reconcile(&config);
+    // The local cluster's slice to Pub/Sub, from whichever instance holds the lease.
+    let mut publisher = Plan::from_config(&config).map(|p| Publisher::start(p, reader.clone()));
     let catalog_task = tokio::spawn(catalog.run());
 
     let ops = Arc::new(ops::Ops {
@@ -245,6 +248,13 @@ async fn serve(config: Config, config_path: PathBuf, overrides: Listen) -> ExitC
                         static_config = new;
                         discovery.reconcile(&static_config);
                         running = apply(discovery.merge(&static_config), &sender, &dns_settings, &mut sources);
+                        let plan = Plan::from_config(&static_config);
+                        if publisher.as_ref().map(|p| &p.plan) != plan.as_ref() {
+                            if let Some(p) = publisher.take() {
+                                p.stop().await;
+                            }
+                            publisher = plan.map(|p| Publisher::start(p, ops.catalog.clone()));
+                        }
                         info!(clusters = running.clusters.len(), "SIGHUP: configuration reloaded");
                     }
                 }
@@ -280,8 +290,12 @@ async fn serve(config: Config, config_path: PathBuf, overrides: Listen) -> ExitC
     };
 
     // Lame duck: /readyz fails at once so the Service stops sending new clients here, while
-    // answers go on for the drain period; then the listeners close.
+    // answers go on for the drain period; then the listeners close. A publisher steps down
+    // first, so another instance of the cluster takes over while this one drains.
     ops.draining.store(true, Ordering::Relaxed);
+    if let Some(p) = publisher.take() {
+        p.stop().await;
+    }
     if !failed && !running.drain.is_zero() {
         info!(drain = ?running.drain, "draining: /readyz is 503, answers go on");
         tokio::select! {

@@ -93,6 +93,7 @@ impl Metrics {
             dns.cached.clone(),
         );
         registry.register_collector(Box::new(CatalogCollector { catalog }));
+        fanout().register(&mut registry);
         Metrics { registry, dns }
     }
 
@@ -363,5 +364,101 @@ impl Collector for DiscoveryCollector {
         )?;
         ConstCounter::new(errors).encode(m)?;
         Ok(())
+    }
+}
+
+/// Pub/Sub fan-out figures (publisher and `pubsub` sources), process-wide: sources and the
+/// publisher are started and restarted on their own, and count here whichever instance runs.
+#[derive(Debug)]
+pub struct FanoutMetrics {
+    /// Messages a `pubsub` source received, by cluster and what became of them.
+    pub received: Family<FanoutLabels, Counter>,
+    /// Time from a publisher sending a message to the change being served here.
+    pub propagation: Family<ClusterLabels, Histogram, fn() -> Histogram>,
+    /// Messages published, by kind (`snapshot` parts, `delta`).
+    pub published: Family<KindLabels, Counter>,
+    pub publish_errors: Counter,
+    /// Snapshot requests, by direction (`sent` by sources, `answered` by the publisher).
+    pub requests: Family<KindLabels, Counter>,
+    /// The epoch of this instance's leadership; 0 while it is not the publisher.
+    pub leader_epoch: prometheus_client::metrics::gauge::Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FanoutLabels {
+    pub cluster: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+fn propagation_histogram() -> Histogram {
+    // 0.5 ms … ~16 s
+    Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
+}
+
+/// The process's fan-out metrics.
+pub fn fanout() -> &'static FanoutMetrics {
+    static FANOUT: std::sync::LazyLock<FanoutMetrics> =
+        std::sync::LazyLock::new(|| FanoutMetrics {
+            received: Family::default(),
+            propagation: Family::new_with_constructor(propagation_histogram),
+            published: Family::default(),
+            publish_errors: Counter::default(),
+            requests: Family::default(),
+            leader_epoch: Default::default(),
+        });
+    &FANOUT
+}
+
+impl FanoutMetrics {
+    pub fn received(&self, cluster: &str, outcome: &'static str) {
+        self.received
+            .get_or_create(&FanoutLabels {
+                cluster: cluster.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    fn register(&'static self, registry: &mut Registry) {
+        registry.register(
+            "meshdns_pubsub_received_messages",
+            "Pub/Sub messages a pubsub source received, by cluster and outcome",
+            self.received.clone(),
+        );
+        registry.register(
+            "meshdns_pubsub_propagation_seconds",
+            "From a publisher sending a change to it being served here (clocks of two machines)",
+            self.propagation.clone(),
+        );
+        registry.register(
+            "meshdns_pubsub_published_messages",
+            "Messages this instance published as its cluster's publisher, by kind",
+            self.published.clone(),
+        );
+        registry.register(
+            "meshdns_pubsub_publish_errors",
+            "Publish calls that failed (retried, or followed by a full snapshot)",
+            self.publish_errors.clone(),
+        );
+        registry.register(
+            "meshdns_pubsub_snapshot_requests",
+            "Full-snapshot requests sent (by sources) and answered (by the publisher)",
+            self.requests.clone(),
+        );
+        registry.register(
+            "meshdns_pubsub_publisher_epoch",
+            "Epoch of this instance's leadership of its cluster's topic; 0: not the publisher",
+            self.leader_epoch.clone(),
+        );
     }
 }

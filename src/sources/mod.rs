@@ -2,6 +2,7 @@
 //!
 //! - [`file`]: a YAML file, hot-reloaded (the demo, VMs, managed databases).
 //! - [`kube`]: a cluster's API server, in-cluster or through a kubeconfig.
+//! - [`pubsub`]: a peer cluster's slice as its publisher writes it to Pub/Sub.
 //!
 //! Every source runs in its own task under a supervisor: a panic is logged, the cluster is
 //! marked stale (its last data keeps serving) and the source restarts. Nothing a source does
@@ -9,6 +10,7 @@
 
 pub mod file;
 pub mod kube;
+pub mod pubsub;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -122,6 +124,14 @@ impl Sources {
                 let (h, s) = (handle.clone(), stop.clone());
                 self.tasks.spawn(supervise(span, handle, stop, move || {
                     kube::run(k.clone(), h.clone(), s.clone())
+                }));
+            }
+            SourceConfig::PubSub(p) => {
+                let span = info_span!("source", cluster = %c.name, pubsub = %p.topic);
+                let (p, name) = (p.clone(), c.name.to_string());
+                let (h, s) = (handle.clone(), stop.clone());
+                self.tasks.spawn(supervise(span, handle, stop, move || {
+                    pubsub::run(name.clone(), p.clone(), h.clone(), s.clone())
                 }));
             }
         }
