@@ -38,12 +38,18 @@ impl Meshdns {
 
     /// Starts without waiting for readiness (sources that cannot sync).
     pub fn spawn(config: &Path, extra_args: &[&str]) -> Meshdns {
+        Self::spawn_env(config, extra_args, &[])
+    }
+
+    /// [`Meshdns::spawn`] with more environment variables.
+    pub fn spawn_env(config: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Meshdns {
         let mut child = Command::new(bin())
             .args(["serve", "--config"])
             .arg(config)
             .args(["--dns-addr", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0"])
             .args(extra_args)
             .env("RUST_LOG", "info,hickory_server=warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
