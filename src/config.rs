@@ -451,7 +451,7 @@ struct RawCluster {
 enum RawSource {
     Kube(KubeSourceConfig),
     File(PathBuf),
-    Pubsub(RawPubSubSource),
+    Pubsub(Box<RawPubSubSource>),
 }
 
 #[derive(Deserialize)]

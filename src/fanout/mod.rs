@@ -8,6 +8,9 @@
 //! - [`wire`]: the message encoding (protobuf, versioned);
 //! - [`client`], [`pull`]: the Pub/Sub API (googleapis gRPC clients, ADC or the emulator).
 
+// `tonic::Status` is the error of every gRPC call here; boxing it would only move it.
+#![allow(clippy::result_large_err)]
+
 pub mod client;
 pub mod lease;
 pub mod publisher;
