@@ -222,3 +222,109 @@ async fn release(api: &Api<Lease>, s: &LeaseSettings) -> Result<(), kube::Error>
         .await
         .map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fake_apiserver::FakeApiServer;
+
+    async fn leases(api: &FakeApiServer) -> Api<Lease> {
+        let kc = kube::config::Kubeconfig::from_yaml(&api.kubeconfig_yaml("t")).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
+        Api::namespaced(kube::Client::try_from(config).unwrap(), "meshdns")
+    }
+
+    fn settings(identity: &str) -> LeaseSettings {
+        LeaseSettings {
+            name: "meshdns-publisher".into(),
+            identity: identity.into(),
+            duration: Duration::from_secs(1),
+        }
+    }
+
+    /// Starts a candidate; its watch says when it leads.
+    fn candidate(
+        api: Api<Lease>,
+        identity: &str,
+    ) -> (
+        watch::Receiver<Option<Term>>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, rx) = watch::channel(None);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(api, settings(identity), tx, stop.clone()));
+        (rx, stop, task)
+    }
+
+    async fn leads(rx: &mut watch::Receiver<Option<Term>>) -> Term {
+        let term = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|t| t.is_some()))
+            .await
+            .expect("became leader in time")
+            .unwrap();
+        term.clone().unwrap()
+    }
+
+    fn holder(api: &FakeApiServer) -> (Option<String>, i64) {
+        let lease = api
+            .get(
+                "coordination.k8s.io/v1",
+                "Lease",
+                Some("meshdns"),
+                "meshdns-publisher",
+            )
+            .unwrap();
+        (
+            lease["spec"]["holderIdentity"].as_str().map(str::to_string),
+            lease["spec"]["leaseTransitions"].as_i64().unwrap_or(0),
+        )
+    }
+
+    /// One leader at a time; a crashed leader's term has run out before another one starts,
+    /// and the new term has a higher epoch.
+    #[tokio::test]
+    async fn a_crashed_leader_has_stopped_before_the_next_one_starts() {
+        let api = FakeApiServer::start().await.unwrap();
+        let (mut a, _a_stop, a_task) = candidate(leases(&api).await, "a");
+        let term_a = leads(&mut a).await;
+        assert_eq!(term_a.epoch, 1);
+        let (mut b, b_stop, b_task) = candidate(leases(&api).await, "b");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(b.borrow().is_none(), "b waits while a renews");
+        assert!(term_a.valid());
+
+        // a dies without releasing the lease.
+        a_task.abort();
+        let term_b = leads(&mut b).await;
+        assert!(!term_a.valid(), "a stopped before b started");
+        assert_eq!(term_b.epoch, 2);
+        assert_eq!(holder(&api), (Some("b".into()), 2));
+
+        // A clean stop releases the lease and says so first.
+        b_stop.cancel();
+        b_task.await.unwrap();
+        assert!(b.borrow().is_none());
+        assert_eq!(holder(&api).0, None);
+    }
+
+    /// A leader that cannot reach its API server stops leading by itself, within two thirds
+    /// of the lease duration (plus one renewal period).
+    #[tokio::test]
+    async fn a_leader_that_cannot_renew_steps_down() {
+        let api = FakeApiServer::start().await.unwrap();
+        let (mut a, _stop, _task) = candidate(leases(&api).await, "a");
+        let term = leads(&mut a).await;
+        api.set_down(true).await;
+        let lost = tokio::time::timeout(Duration::from_secs(5), a.wait_for(|t| t.is_none()))
+            .await
+            .is_ok();
+        assert!(lost, "stepped down");
+        assert!(!term.valid());
+        // Back up: it takes the lease again, in a new term.
+        api.set_down(false).await;
+        let again = leads(&mut a).await;
+        assert_eq!(again.epoch, 2);
+    }
+}

@@ -136,12 +136,13 @@ async fn run(plan: Plan, catalog: CatalogReader, stop: CancellationToken) {
     loop {
         let term = leadership.borrow_and_update().clone();
         match term {
-            Some(term) => {
+            // A term that ran out while the election has not said so yet: wait for it.
+            Some(term) if term.valid() => {
                 fanout().leader_epoch.set(term.epoch as i64);
                 lead(&plan, &pubsub, &catalog, &term, &mut leadership, &stop).await;
                 fanout().leader_epoch.set(0);
             }
-            None => {
+            _ => {
                 tokio::select! {
                     r = leadership.changed() => if r.is_err() { break },
                     _ = stop.cancelled() => break,

@@ -294,7 +294,8 @@ pub async fn run(
                 }
             }
         };
-        if !follower.based() {
+        // Without a base, or back after an outage (stale): a snapshot tells where things are.
+        if !follower.based() || matches!(status.state, SourceState::Stale { .. }) {
             requests.ask(&pubsub).await;
         }
         let ended = loop {
