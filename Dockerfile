@@ -14,12 +14,14 @@ ARG RUST_VERSION=1.95
 
 FROM docker.io/library/rust:${RUST_VERSION}-slim-bookworm AS builder
 WORKDIR /src
-# Only what the build reads (a workspace: the fake API server is a member, the bench a
-# declared target); .dockerignore keeps target/ and .git out of the context.
+# Only what the build reads (a workspace: the fake API server and the fake Pub/Sub are
+# members, the benches declared targets); .dockerignore keeps target/ and .git out of the
+# context.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
 COPY tests/fake-apiserver ./tests/fake-apiserver
+COPY tests/fake-pubsub ./tests/fake-pubsub
 # The registry and target/ are cache mounts (BuildKit), so the binary is copied out of the
 # cache into /out, which the runtime stage takes.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -6,7 +6,9 @@
 //!   serialized back and compared with what kustomize printed, so a misspelt or misplaced
 //!   field (which serde would silently ignore) fails. The two CRDs (PodMonitor, PodMonitoring)
 //!   are checked against the fields we use.
-//! - RBAC grants get/list/watch on exactly what the kube sources read, as README says.
+//! - RBAC grants get/list/watch on exactly what the kube sources read, as README says; where
+//!   the config publishes to Pub/Sub, a Role adds exactly what the publisher's Lease election
+//!   needs (create leases, get/update that one Lease) in the Lease's namespace.
 //! - The config in the ConfigMap passes the real `meshdns check`, and agrees with the pod: the
 //!   ports, the `--config` path, the mounted kubeconfigs of remote clusters, the drain.
 //! - The pods meet the restricted Pod Security Standard, and the DaemonSet and Deployment
@@ -412,13 +414,8 @@ fn check_rules(what: &str, rules: &[PolicyRule]) {
 /// nothing else, bound to the pods' service account alone.
 fn check_remote_secrets_rbac(r: &Rendered, ns: &str, sa: &str, sa_ns: &str) {
     let what = &r.what;
-    let role: Role = r.one("Role");
-    assert_eq!(
-        role.metadata.namespace.as_deref(),
-        Some(ns),
-        "{what}: Role namespace"
-    );
-    let rules = role.rules.unwrap_or_default();
+    let role = role_for(r, ns, "secrets");
+    let rules = role.rules.clone().unwrap_or_default();
     assert_eq!(rules.len(), 1, "{what}: {rules:?}");
     let rule = &rules[0];
     let mut verbs = rule.verbs.clone();
@@ -435,13 +432,52 @@ fn check_remote_secrets_rbac(r: &Rendered, ns: &str, sa: &str, sa_ns: &str) {
         "{what}: {rule:?}"
     );
     assert!(rule.non_resource_urls.is_none(), "{what}: {rule:?}");
-    let binding: RoleBinding = r.one("RoleBinding");
-    assert_eq!(binding.metadata.namespace.as_deref(), Some(ns), "{what}");
+    check_role_binding(r, &role, sa, sa_ns);
+}
+
+/// The one Role in `ns` whose rules name `resource`.
+fn role_for(r: &Rendered, ns: &str, resource: &str) -> Role {
+    let what = &r.what;
+    let mut roles: Vec<Role> = r
+        .all::<Role>("Role")
+        .into_iter()
+        .filter(|role| {
+            role.rules
+                .iter()
+                .flatten()
+                .any(|rule| rule.resources.iter().flatten().any(|res| res == resource))
+        })
+        .collect();
+    assert_eq!(roles.len(), 1, "{what}: one Role on {resource}");
+    let role = roles.remove(0);
     assert_eq!(
-        (binding.role_ref.kind.as_str(), Some(&binding.role_ref.name)),
-        ("Role", role.metadata.name.as_ref()),
-        "{what}"
+        role.metadata.namespace.as_deref(),
+        Some(ns),
+        "{what}: the Role on {resource} is in namespace {ns}"
     );
+    role
+}
+
+/// `role` is bound, by one RoleBinding in its namespace, to the pods' service account alone.
+fn check_role_binding(r: &Rendered, role: &Role, sa: &str, sa_ns: &str) {
+    let what = &r.what;
+    let mut bindings: Vec<RoleBinding> = r
+        .all::<RoleBinding>("RoleBinding")
+        .into_iter()
+        .filter(|b| Some(&b.role_ref.name) == role.metadata.name.as_ref())
+        .collect();
+    assert_eq!(
+        bindings.len(),
+        1,
+        "{what}: one binding of {:?}",
+        role.metadata.name
+    );
+    let binding = bindings.remove(0);
+    assert_eq!(
+        binding.metadata.namespace, role.metadata.namespace,
+        "{what}: the binding is in the Role's namespace"
+    );
+    assert_eq!(binding.role_ref.kind, "Role", "{what}");
     let subjects = binding.subjects.unwrap_or_default();
     assert_eq!(subjects.len(), 1, "{what}: one subject");
     assert_eq!(
@@ -453,6 +489,60 @@ fn check_remote_secrets_rbac(r: &Rendered, ns: &str, sa: &str, sa_ns: &str) {
         ("ServiceAccount", sa, Some(sa_ns)),
         "{what}: the Role is bound to the pods' service account"
     );
+}
+
+/// Electing the Pub/Sub publisher (src/fanout/lease.rs): get, create and update of one Lease.
+/// Exactly these rules: `create` on leases (it cannot be limited by name), `get` and `update`
+/// on the Lease `name` only; no list, watch, patch or delete, nothing else.
+fn check_lease_rules(what: &str, rules: &[PolicyRule], name: &str) {
+    let mut granted = BTreeSet::new();
+    for r in rules {
+        assert!(r.non_resource_urls.is_none(), "{what}: {r:?}");
+        for g in r.api_groups.iter().flatten() {
+            for res in r.resources.iter().flatten() {
+                for verb in &r.verbs {
+                    match &r.resource_names {
+                        None => granted.insert((g.clone(), res.clone(), verb.clone(), None)),
+                        Some(names) => {
+                            assert!(!names.is_empty(), "{what}: empty resourceNames in {r:?}");
+                            for n in names {
+                                granted.insert((
+                                    g.clone(),
+                                    res.clone(),
+                                    verb.clone(),
+                                    Some(n.clone()),
+                                ));
+                            }
+                            true
+                        }
+                    };
+                }
+            }
+        }
+    }
+    let lease = |verb: &str, name: Option<&str>| {
+        (
+            "coordination.k8s.io".to_string(),
+            "leases".to_string(),
+            verb.to_string(),
+            name.map(String::from),
+        )
+    };
+    let expected = BTreeSet::from([
+        lease("create", None),
+        lease("get", Some(name)),
+        lease("update", Some(name)),
+    ]);
+    assert_eq!(
+        granted, expected,
+        "{what}: the Lease Role grants other than create, and get/update of {name}"
+    );
+}
+
+fn check_lease_rbac(r: &Rendered, ns: &str, name: &str, sa: &str, sa_ns: &str) {
+    let role = role_for(r, ns, "leases");
+    check_lease_rules(&r.what, role.rules.as_deref().unwrap_or_default(), name);
+    check_role_binding(r, &role, sa, sa_ns);
 }
 
 /// A DaemonSet or a Deployment: what the checks need of either.
@@ -504,6 +594,20 @@ struct ConfigFacts {
     drain: Duration,
     /// Where Istio remote secrets are read (`discover.istio_remote_secrets`), if they are.
     remote_secrets_namespace: Option<String>,
+    /// The publisher's Lease (namespace, name), where the config has `publish`.
+    lease: Option<(String, String)>,
+    /// Whether the config talks to Pub/Sub (`publish`, or a `pubsub` source).
+    pubsub: bool,
+}
+
+/// The downward-API field an env var of the container comes from.
+fn env_field<'a>(c: &'a Container, var: &str) -> Option<&'a str> {
+    c.env
+        .iter()
+        .flatten()
+        .find(|e| e.name == var)
+        .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+        .map(|f| f.field_path.as_str())
 }
 
 fn container(w: &Workload) -> &Container {
@@ -603,6 +707,33 @@ fn check_config(r: &Rendered, w: &Workload) -> ConfigFacts {
                     .unwrap_or("istio-system")
                     .to_string()
             }),
+        lease: cfg["publish"].as_object().map(|p| {
+            let ns = match p.get("lease_namespace").and_then(Value::as_str) {
+                Some(ns) => ns.to_string(),
+                // meshdns's default is $POD_NAMESPACE (else "meshdns"): the pod must set it
+                // from the downward API, or the Lease lands in a namespace nobody granted.
+                None => {
+                    assert_eq!(
+                        env_field(c, "POD_NAMESPACE"),
+                        Some("metadata.namespace"),
+                        "{what}: publish without lease_namespace needs env POD_NAMESPACE"
+                    );
+                    w.namespace.clone()
+                }
+            };
+            let name = p
+                .get("lease_name")
+                .and_then(Value::as_str)
+                .unwrap_or("meshdns-publisher")
+                .to_string();
+            (ns, name)
+        }),
+        pubsub: cfg["publish"].is_object()
+            || cfg["clusters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["source"]["pubsub"].is_object()),
     };
 
     // Ports: the pod declares what meshdns binds, and the probes use the ops port.
@@ -812,14 +943,7 @@ fn check_install(r: &Rendered) -> (Workload, ConfigFacts) {
         ("POD_NAME", "metadata.name"),
         ("NODE_NAME", "spec.nodeName"),
     ] {
-        let from = c
-            .env
-            .iter()
-            .flatten()
-            .find(|e| e.name == var)
-            .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
-            .map(|f| f.field_path.as_str());
-        assert_eq!(from, Some(field), "{what}: env {var}");
+        assert_eq!(env_field(c, var), Some(field), "{what}: env {var}");
     }
 
     // Scrape annotations name the ops port.
@@ -856,14 +980,45 @@ fn check_install(r: &Rendered) -> (Workload, ConfigFacts) {
     let sa: ServiceAccount = r.named("ServiceAccount", &sa_name).expect("ServiceAccount");
     assert_eq!(sa.metadata.namespace.as_deref(), Some(w.namespace.as_str()));
 
-    // RBAC: one read-only ClusterRole bound to exactly that service account; and, only where
-    // the config reads Istio remote secrets, get/list/watch on Secrets of that one namespace.
-    match &facts.remote_secrets_namespace {
-        None => assert!(
-            r.of_kind("Role").is_empty() && r.of_kind("RoleBinding").is_empty(),
-            "{what}"
-        ),
-        Some(ns) => check_remote_secrets_rbac(r, ns, &sa_name, &w.namespace),
+    // Pub/Sub through Application Default Credentials: on GKE, Workload Identity (the service
+    // account names its Google service account); elsewhere a key file, or the emulator.
+    if facts.pubsub {
+        let gsa = sa
+            .metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .get("iam.gke.io/gcp-service-account")
+            .cloned();
+        let env = |var: &str| c.env.iter().flatten().any(|e| e.name == var);
+        match gsa {
+            Some(gsa) => assert!(
+                gsa.ends_with(".iam.gserviceaccount.com") && gsa.contains('@'),
+                "{what}: {gsa:?} is not a Google service account"
+            ),
+            None => assert!(
+                env("GOOGLE_APPLICATION_CREDENTIALS") || env("PUBSUB_EMULATOR_HOST"),
+                "{what}: Pub/Sub without credentials (Workload Identity annotation, a key file)"
+            ),
+        }
+    }
+
+    // RBAC: one read-only ClusterRole bound to exactly that service account; only where the
+    // config reads Istio remote secrets, get/list/watch on Secrets of that one namespace; only
+    // where it publishes, the Lease election in the Lease's namespace. No other Role.
+    let roles =
+        usize::from(facts.remote_secrets_namespace.is_some()) + usize::from(facts.lease.is_some());
+    assert_eq!(r.of_kind("Role").len(), roles, "{what}: Roles");
+    assert_eq!(
+        r.of_kind("RoleBinding").len(),
+        roles,
+        "{what}: RoleBindings"
+    );
+    if let Some(ns) = &facts.remote_secrets_namespace {
+        check_remote_secrets_rbac(r, ns, &sa_name, &w.namespace);
+    }
+    if let Some((ns, name)) = &facts.lease {
+        check_lease_rbac(r, ns, name, &sa_name, &w.namespace);
     }
     let role: ClusterRole = r.one("ClusterRole");
     assert!(role.aggregation_rule.is_none(), "{what}");
@@ -1066,6 +1221,7 @@ fn base_and_every_overlay_render_into_a_valid_install() {
         "fleet-member",
         "deployment",
         "istio-fleet",
+        "pubsub-fleet",
     ] {
         assert!(
             names.iter().any(|n| n == expected),
@@ -1132,7 +1288,7 @@ fn the_fleet_member_mounts_its_peers_and_the_deployment_keeps_its_pods() {
 fn every_component_composes_with_the_overlays() {
     let components = subdirs(&repo().join("deploy/components"));
     assert!(components.len() >= 4, "{components:?}");
-    for overlay in ["single-cluster", "fleet-member"] {
+    for overlay in ["single-cluster", "fleet-member", "pubsub-fleet"] {
         let overlay_dir = repo().join("deploy/overlays").join(overlay);
         for c in &components {
             let name = c.file_name().unwrap().to_string_lossy().into_owned();

@@ -3,8 +3,8 @@
 //!
 //! As Google's own client libraries do, `PUBSUB_EMULATOR_HOST=host:port` switches to the
 //! emulator: plaintext HTTP/2 to that address and no credentials. Otherwise the channel goes to
-//! `pubsub.googleapis.com:443` over TLS and every call carries an OAuth token from
-//! Application Default Credentials (gcp_auth: `GOOGLE_APPLICATION_CREDENTIALS` key file,
+//! `pubsub.googleapis.com:443` (or `$MESHDNS_PUBSUB_ENDPOINT`, e.g. a regional endpoint) over
+//! TLS and every call carries an OAuth token from Application Default Credentials (gcp_auth: `GOOGLE_APPLICATION_CREDENTIALS` key file,
 //! gcloud's user credentials, or the metadata server, which is Workload Identity on GKE).
 
 use std::sync::Arc;
@@ -18,6 +18,8 @@ use tonic::{Request, Status};
 
 const ENDPOINT: &str = "https://pubsub.googleapis.com";
 const DOMAIN: &str = "pubsub.googleapis.com";
+/// Overrides [`ENDPOINT`] (credentials are sent all the same).
+pub const ENDPOINT_ENV: &str = "MESHDNS_PUBSUB_ENDPOINT";
 const SCOPE: &str = "https://www.googleapis.com/auth/pubsub";
 /// Pub/Sub's own limit for one publish request and one message.
 pub const MAX_REQUEST_BYTES: usize = 10_000_000;
@@ -44,28 +46,39 @@ impl PubSub {
     /// Connects as the environment says. The channel connects lazily (and reconnects by
     /// itself), so a Pub/Sub outage at start is an error of the first call, not of this.
     pub async fn from_env() -> Result<PubSub, String> {
-        match std::env::var("PUBSUB_EMULATOR_HOST") {
-            Ok(host) if !host.trim().is_empty() => PubSub::emulator(host.trim()),
-            _ => {
-                let auth = ADC
-                    .get_or_try_init(gcp_auth::provider)
-                    .await
-                    .map_err(|e| format!("Application Default Credentials: {e}"))?
-                    .clone();
-                let endpoint = Endpoint::from_static(ENDPOINT)
-                    .tls_config(
-                        ClientTlsConfig::new()
-                            .with_webpki_roots()
-                            .domain_name(DOMAIN),
-                    )
-                    .map_err(|e| format!("TLS for {DOMAIN}: {e}"))?;
-                Ok(PubSub {
-                    channel: tune(endpoint).connect_lazy(),
-                    auth: Some(auth),
-                    target: DOMAIN.into(),
-                })
-            }
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        if let Some(host) = env("PUBSUB_EMULATOR_HOST") {
+            return PubSub::emulator(host.trim());
         }
+        let auth = ADC
+            .get_or_try_init(gcp_auth::provider)
+            .await
+            .map_err(|e| format!("Application Default Credentials: {e}"))?
+            .clone();
+        // Another endpoint: a regional one, or Private Service Connect (`https://…`); the
+        // tests give a plaintext `http://` one to check the credentials sent.
+        let url = env(ENDPOINT_ENV).unwrap_or_else(|| ENDPOINT.to_string());
+        let mut endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| format!("{ENDPOINT_ENV}={url:?}: {e}"))?;
+        if let Some(domain) = url.strip_prefix("https://") {
+            let domain = domain
+                .split([':', '/'])
+                .next()
+                .unwrap_or(DOMAIN)
+                .to_string();
+            endpoint = endpoint
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .with_webpki_roots()
+                        .domain_name(domain.clone()),
+                )
+                .map_err(|e| format!("TLS for {domain}: {e}"))?;
+        }
+        Ok(PubSub {
+            channel: tune(endpoint).connect_lazy(),
+            auth: Some(auth),
+            target: url.into(),
+        })
     }
 
     /// Plaintext, unauthenticated: the emulator (or the tests' fake) at `host:port`.
