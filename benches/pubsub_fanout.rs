@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use fake_apiserver::FakeApiServer;
 use fake_pubsub::FakePubSub;
 use meshdns::fanout::client::PubSub;
-use support::{Poller, Reap, env_usize, percentile, ready, service, slice, start};
+use support::{Poller, Reap, env_usize, metric, percentile, ready, service, slice, start};
 
 const PROJECT: &str = "meshdns-bench";
 const CLUSTERS: [&str; 3] = ["alpha", "beta", "gamma"];
@@ -169,6 +169,23 @@ fn main() {
     eprintln!(
         "initial sync of alpha through Pub/Sub: {:.1} ms from the subscriber's start ({parts} messages on alpha's topic so far)",
         sync.as_secs_f64() * 1e3
+    );
+    let snapshot = |what: &str| {
+        metric(
+            alpha_ops,
+            &format!("meshdns_pubsub_{what}_total{{kind=\"snapshot\"}}"),
+        )
+    };
+    let (bytes, messages) = (snapshot("published_bytes"), snapshot("published_messages"));
+    let snapshots = metric(
+        alpha_ops,
+        "meshdns_pubsub_snapshot_requests_total{kind=\"answered\"}",
+    ) + 1.0;
+    eprintln!(
+        "a snapshot of alpha: {:.0} bytes in {:.0} part(s) = {:.1} bytes per endpoint ({snapshots:.0} sent)",
+        bytes / snapshots,
+        messages / snapshots,
+        bytes / snapshots / (services * 10) as f64
     );
     let mut direct = Poller::new(direct_dns, Duration::from_millis(100));
     direct

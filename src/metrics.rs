@@ -377,6 +377,8 @@ pub struct FanoutMetrics {
     pub propagation: Family<ClusterLabels, Histogram, fn() -> Histogram>,
     /// Messages published, by kind (`snapshot` parts, `delta`).
     pub published: Family<KindLabels, Counter>,
+    /// Bytes of the messages published (their data), by kind: what Pub/Sub quotas count.
+    pub published_bytes: Family<KindLabels, Counter>,
     pub publish_errors: Counter,
     /// Snapshot requests, by direction (`sent` by sources, `answered` by the publisher).
     pub requests: Family<KindLabels, Counter>,
@@ -412,6 +414,7 @@ pub fn fanout() -> &'static FanoutMetrics {
             received: Family::default(),
             propagation: Family::new_with_constructor(propagation_histogram),
             published: Family::default(),
+            published_bytes: Family::default(),
             publish_errors: Counter::default(),
             requests: Family::default(),
             leader_epoch: Default::default(),
@@ -444,6 +447,11 @@ impl FanoutMetrics {
             "meshdns_pubsub_published_messages",
             "Messages this instance published as its cluster's publisher, by kind",
             self.published.clone(),
+        );
+        registry.register(
+            "meshdns_pubsub_published_bytes",
+            "Bytes of message data this instance published as its cluster's publisher, by kind",
+            self.published_bytes.clone(),
         );
         registry.register(
             "meshdns_pubsub_publish_errors",

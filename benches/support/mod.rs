@@ -178,3 +178,20 @@ impl Poller {
         }
     }
 }
+
+/// One sample of the instance's `/metrics` (0 when absent): `name_and_labels` is everything
+/// before the value, e.g. `meshdns_pubsub_published_bytes_total{kind="snapshot"}`.
+pub fn metric(ops: SocketAddr, name_and_labels: &str) -> f64 {
+    let Ok(mut s) = TcpStream::connect(ops) else {
+        return 0.0;
+    };
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}

@@ -384,10 +384,12 @@ impl Outbox<'_> {
             }
             match pull::publish(self.pubsub, topic, messages.clone()).await {
                 Ok(()) => {
+                    let labels = KindLabels { kind };
+                    fanout().published.get_or_create(&labels).inc_by(count);
                     fanout()
-                        .published
-                        .get_or_create(&KindLabels { kind })
-                        .inc_by(count);
+                        .published_bytes
+                        .get_or_create(&labels)
+                        .inc_by(messages.iter().map(|m| m.data.len() as u64).sum());
                     return Ok(());
                 }
                 Err(e) if e.code() == tonic::Code::NotFound && !self.topic_checked => {

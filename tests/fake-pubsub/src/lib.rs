@@ -49,7 +49,10 @@
 //!   messages of a key at once): at most one outstanding message per key.
 //! - A stream survives the client half-closing its side; it ends when the
 //!   client cancels it, on an outage, or when its subscription is deleted.
-//! - No authentication, no quotas; the state is in memory only.
+//! - Filters: `attributes.k != "v"` also matches messages without `k` (not
+//!   checked against the real service); `-` as NOT is not accepted.
+//! - No authentication and no quotas (the `authorization` header of every call is
+//!   kept for [`FakePubSub::authorizations`]); the state is in memory only.
 //!
 //! # Fault injection
 //!
@@ -84,6 +87,7 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, oneshot};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
@@ -120,6 +124,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// Woken whenever a stream closes.
     streams_changed: Notify,
+    /// Every distinct `authorization` header value received.
+    authorizations: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Shared {
@@ -148,17 +154,33 @@ impl FakePubSub {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             streams_changed: Notify::new(),
+            authorizations: Mutex::new(Default::default()),
         });
         let service = Service {
             shared: shared.clone(),
         };
+        // Keeps the credentials each call carries (checked, never required).
+        let seen = shared.clone();
+        let record = move |request: tonic::Request<()>| {
+            if let Some(v) = request.metadata().get("authorization")
+                && let Ok(v) = v.to_str()
+            {
+                seen.authorizations
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(v.to_string());
+            }
+            Ok(request)
+        };
         let router = Server::builder()
-            .add_service(
+            .add_service(InterceptedService::new(
                 PublisherServer::new(service.clone()).max_decoding_message_size(MAX_DECODING_BYTES),
-            )
-            .add_service(
+                record.clone(),
+            ))
+            .add_service(InterceptedService::new(
                 SubscriberServer::new(service).max_decoding_message_size(MAX_DECODING_BYTES),
-            );
+                record,
+            ));
         let (shutdown, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
             let signal = async {
@@ -225,6 +247,17 @@ impl FakePubSub {
     /// Full names of the subscriptions, sorted.
     pub fn subscriptions(&self) -> Vec<String> {
         self.shared.lock().subscription_names()
+    }
+
+    /// Every distinct `authorization` header value calls carried (e.g. `Bearer <token>`).
+    pub fn authorizations(&self) -> Vec<String> {
+        self.shared
+            .authorizations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Full names of the topics, sorted.
