@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use hickory_proto::rr::SerialNumber;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
@@ -98,6 +98,17 @@ pub struct Snapshot {
     pub clusters: Vec<ClusterStatus>,
     /// How long building this snapshot took (apply + rebuild), microseconds.
     pub build_micros: u64,
+    /// Counts the snapshots published (the change log's clock; unlike the serial it never
+    /// wraps).
+    pub generation: u64,
+}
+
+/// The services whose answers a snapshot changed (in any cluster), as the change log tells
+/// them: the publisher sends a delta of these instead of comparing whole slices.
+#[derive(Debug)]
+pub struct Changes {
+    pub generation: u64,
+    pub keys: Vec<ServiceKey>,
 }
 
 impl Snapshot {
@@ -131,6 +142,7 @@ impl Snapshot {
 pub struct CatalogReader {
     current: Arc<ArcSwap<Snapshot>>,
     published: watch::Receiver<u32>,
+    changes: broadcast::Sender<Arc<Changes>>,
 }
 
 impl CatalogReader {
@@ -141,6 +153,12 @@ impl CatalogReader {
     /// Told the serial of every new snapshot (the latest one only, if several came quickly).
     pub fn subscribe(&self) -> watch::Receiver<u32> {
         self.published.clone()
+    }
+
+    /// The change log: one entry per snapshot, sent once the snapshot is readable. A receiver
+    /// that falls more than 1,024 snapshots behind is told it lagged.
+    pub fn changes(&self) -> broadcast::Receiver<Arc<Changes>> {
+        self.changes.subscribe()
     }
 
     /// Waits until a snapshot satisfies `pred` (tests, `dump`).
@@ -247,18 +265,26 @@ impl Catalog {
             zone: ZoneData::new(settings, serial),
             clusters,
             build_micros: 0,
+            generation: 0,
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let (published_tx, published) = watch::channel(serial);
         let current = Arc::new(ArcSwap::from_pointee(snapshot));
+        let (changes, _) = broadcast::channel(1024);
         Catalog {
             writer: Writer {
                 current: current.clone(),
                 published: published_tx,
+                changes: changes.clone(),
+                generation: 0,
                 coalesce: config.coalesce,
                 expire_after: config.expire_after,
             },
-            reader: CatalogReader { current, published },
+            reader: CatalogReader {
+                current,
+                published,
+                changes,
+            },
             sender: CatalogSender { tx },
             rx,
         }
@@ -286,6 +312,8 @@ impl Catalog {
 struct Writer {
     current: Arc<ArcSwap<Snapshot>>,
     published: watch::Sender<u32>,
+    changes: broadcast::Sender<Arc<Changes>>,
+    generation: u64,
     coalesce: Duration,
     expire_after: Option<Duration>,
 }
@@ -376,14 +404,22 @@ impl Writer {
                 state.zone.set_service(key, view);
             }
             state.zone.serial = next_serial(state.zone.serial);
+            self.generation += 1;
             let snapshot = Snapshot {
                 zone: state.zone.clone(),
                 clusters: state.clusters.clone(),
                 build_micros: build_started.elapsed().as_micros() as u64,
+                generation: self.generation,
             };
             let serial = snapshot.zone.serial;
             self.current.store(Arc::new(snapshot));
             let _ = self.published.send(serial);
+            // Always sent, even with nobody listening: a listener that subscribed after this
+            // check could otherwise wait for an entry that never comes.
+            let _ = self.changes.send(Arc::new(Changes {
+                generation: self.generation,
+                keys: pending.services.iter().cloned().collect(),
+            }));
             pending.tell_applied();
             debug!(
                 serial,

@@ -12,7 +12,7 @@
 //! A publish that keeps failing is given up; the next message is then a full snapshot (its
 //! subscribers see a gap in the sequence and keep their last slice until it comes).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use google_cloud_googleapis::pubsub::v1::{PubsubMessage, Topic};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use prost::Message;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -32,10 +32,10 @@ use super::pull::{self, Pull};
 use super::wire::{
     ATTR_CLUSTER, Body, Delta, Envelope, SnapshotPart, WIRE_VERSION, WireKey, WireService,
 };
-use crate::catalog::{CatalogReader, unix_micros};
+use crate::catalog::{CatalogReader, Changes, unix_micros};
 use crate::config::{Config, KubeSourceConfig, PublishConfig, SourceConfig};
 use crate::metrics::{KindLabels, fanout};
-use crate::model::{ClusterId, Slice, SourceState};
+use crate::model::{ClusterId, ServiceKey, Slice, SourceState};
 
 /// Room left in a message for the envelope around the services.
 const ENVELOPE_BYTES: usize = 1024;
@@ -190,6 +190,7 @@ async fn lead(
         )
     });
     let mut published = catalog.subscribe();
+    let mut dirty = Dirty::new(catalog);
     // What subscribers have, as far as this leader knows; `None`: a snapshot is due.
     let mut sent: Option<(Slice, u64)> = None;
     let mut next_full = tokio::time::Instant::now();
@@ -201,6 +202,7 @@ async fn lead(
             break;
         }
         let snap = catalog.load();
+        dirty.catch_up(snap.generation).await;
         let local = snap.cluster(&plan.cluster).filter(|c| c.synced_once);
         let mut failed = false;
         if let Some(local) = local {
@@ -222,6 +224,7 @@ async fn lead(
                 match out.snapshot(&local.slice, stale_since).await {
                     Ok(()) => {
                         sent = Some((local.slice.clone(), stale_since));
+                        dirty.sent();
                         next_full = now + plan.publish.resync;
                     }
                     Err(()) => {
@@ -230,14 +233,19 @@ async fn lead(
                     }
                 }
             } else if let Some((before, before_stale)) = &sent {
-                let changed = !before.ptr_eq(&local.slice) || *before_stale != stale_since;
-                if changed {
-                    let state_changed = *before_stale != stale_since;
+                let state_changed = *before_stale != stale_since;
+                if before.ptr_eq(&local.slice) && !state_changed {
+                    // Only other clusters changed.
+                    dirty.sent();
+                } else {
                     match out
-                        .delta(before, &local.slice, stale_since, state_changed)
+                        .delta(before, &local.slice, stale_since, state_changed, &dirty)
                         .await
                     {
-                        Ok(()) => sent = Some((local.slice.clone(), stale_since)),
+                        Ok(()) => {
+                            sent = Some((local.slice.clone(), stale_since));
+                            dirty.sent();
+                        }
                         Err(()) => {
                             sent = None;
                             failed = true;
@@ -332,22 +340,40 @@ impl Outbox<'_> {
         after: &Slice,
         stale_since: u64,
         state_changed: bool,
+        dirty: &Dirty,
     ) -> Result<(), ()> {
         let mut delta = Delta::default();
         let mut size = 0;
-        for (k, v) in after.iter() {
-            if before.get(k).is_none_or(|o| !Arc::ptr_eq(o, v) && o != v) {
-                let w = WireService::from_model(k, v);
-                size += w.encoded_len() + 8;
-                delta.services.push(w);
+        let mut add = |k: &ServiceKey| {
+            let changed = match (before.get(k), after.get(k)) {
+                (Some(o), Some(n)) => !Arc::ptr_eq(o, n) && o != n,
+                (None, None) => false,
+                _ => true,
+            };
+            if !changed {
+                return;
             }
-        }
-        for k in before.keys() {
-            if !after.contains_key(k) {
-                let w = WireKey::from_model(k);
-                size += w.encoded_len() + 8;
-                delta.removed.push(w);
+            match after.get(k) {
+                Some(v) => {
+                    let w = WireService::from_model(k, v);
+                    size += w.encoded_len() + 8;
+                    delta.services.push(w);
+                }
+                None => {
+                    let w = WireKey::from_model(k);
+                    size += w.encoded_len() + 8;
+                    delta.removed.push(w);
+                }
             }
+        };
+        if dirty.all {
+            // The change log was lost: compare everything.
+            after
+                .keys()
+                .chain(before.keys().filter(|k| !after.contains_key(*k)))
+                .for_each(&mut add);
+        } else {
+            dirty.keys.iter().for_each(&mut add);
         }
         if delta.services.is_empty() && delta.removed.is_empty() && !state_changed {
             // Relisted to the same content: nothing to tell.
@@ -428,6 +454,81 @@ impl Outbox<'_> {
                 warn!(topic = %self.plan.publish.topic, error = %e, "the topic is missing and cannot be created")
             }
         }
+    }
+}
+
+/// The services that changed since the last message, from the catalog's change log: a delta
+/// costs what changed, not the size of the slice. Entries of snapshots newer than the one
+/// being sent wait for the next message.
+struct Dirty {
+    log: broadcast::Receiver<Arc<Changes>>,
+    /// The last generation read from the log.
+    upto: u64,
+    /// Changed up to the snapshot being sent.
+    keys: HashSet<ServiceKey>,
+    /// Changed after it.
+    later: HashSet<ServiceKey>,
+    /// The log lost entries (lagged, or stalled): compare whole slices once.
+    all: bool,
+    /// The generation of the snapshot being sent.
+    at: u64,
+}
+
+impl Dirty {
+    fn new(catalog: &CatalogReader) -> Dirty {
+        // Subscribed before the first load: nothing published after it is missed.
+        let log = catalog.changes();
+        let at = catalog.load().generation;
+        Dirty {
+            log,
+            upto: at,
+            keys: HashSet::new(),
+            later: HashSet::new(),
+            all: false,
+            at,
+        }
+    }
+
+    /// Reads the log up to the snapshot of generation `to` (its entry is sent right after it
+    /// is stored, so this waits a moment at most).
+    async fn catch_up(&mut self, to: u64) {
+        self.at = to;
+        // What was read ahead last time belongs to this snapshot now, if it is that new.
+        if self.upto <= to {
+            self.keys.extend(self.later.drain());
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while self.upto < to {
+            match tokio::time::timeout_at(deadline, self.log.recv()).await {
+                Ok(Ok(c)) => {
+                    self.upto = self.upto.max(c.generation);
+                    let set = if c.generation <= to {
+                        &mut self.keys
+                    } else {
+                        &mut self.later
+                    };
+                    set.extend(c.keys.iter().cloned());
+                }
+                Ok(Err(broadcast::error::RecvError::Lagged(lost))) => {
+                    warn!(
+                        lost,
+                        "the change log ran ahead: comparing whole slices once"
+                    );
+                    self.all = true;
+                }
+                Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => {
+                    self.all = true;
+                    self.upto = to;
+                }
+            }
+        }
+    }
+
+    /// Everything up to the snapshot being sent went out; what came after it waits.
+    fn sent(&mut self) {
+        self.all = false;
+        self.keys.clear();
+        std::mem::swap(&mut self.keys, &mut self.later);
     }
 }
 
