@@ -30,15 +30,13 @@ const PROJECT: &str = "meshdns-bench";
 const CLUSTERS: [&str; 3] = ["alpha", "beta", "gamma"];
 const GIVE_UP: Duration = Duration::from_secs(10);
 
+/// Endpoint addresses of service `i` in generation `generation`: distinct across both, for up
+/// to 104,857 services (10 addresses each in a 2^20 block per generation).
 fn ips(generation: usize, i: usize) -> Vec<String> {
     (0..10)
         .map(|e| {
-            format!(
-                "10.{}.{}.{}",
-                16 + generation,
-                i / 25,
-                (i % 25) * 10 + e + 1
-            )
+            let n = (generation << 20) + i * 10 + e + 1;
+            Ipv4Addr::from(0x0a00_0000 | (n as u32 & 0x00ff_ffff)).to_string()
         })
         .collect()
 }
@@ -54,9 +52,7 @@ fn config(
     let mut yaml =
         format!("allow: [127.0.0.0/8]\nlocal_cluster: {local}\nready_timeout: 1s\ndrain: 0s\n");
     if publish {
-        yaml.push_str(&format!(
-            "publish: {{ project: {PROJECT}, lease_duration: 5s }}\n"
-        ));
+        yaml.push_str(&format!("publish: {{ project: {PROJECT} }}\n"));
     }
     yaml.push_str("clusters:\n");
     for name in CLUSTERS {
@@ -92,7 +88,7 @@ fn main() {
     let changes = env_usize("MESHDNS_BENCH_CHANGES", 300);
     let nodes = env_usize("MESHDNS_BENCH_NODES", 3);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
@@ -148,19 +144,27 @@ fn main() {
     let alpha_cfg = config(dir.path(), "alpha-0.yaml", "alpha", true, |c| {
         if c == "alpha" { kube(c) } else { pubsub(c) }
     });
-    let (_alpha, _, alpha_ops) = run(&alpha_cfg, "alpha-0");
-    while !ready(alpha_ops) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let first = "svc-0.bench.svc.clusterset.local.";
+    let target: Ipv4Addr = ips(0, 0)[0].parse().unwrap();
+    // Each instance that lists alpha itself has synced before the next one starts: the fake
+    // API server serves one big list at a time well, not three.
+    let synced = |dns, what: &str| {
+        let t = Instant::now();
+        Poller::new(dns, Duration::from_millis(100))
+            .until(first, target, t, Duration::from_secs(600))
+            .unwrap_or_else(|| panic!("{what} never served alpha"))
+    };
+    let (_alpha, alpha_dns, alpha_ops) = run(&alpha_cfg, "alpha-0");
+    let took = synced(alpha_dns, "alpha-0");
+    eprintln!("alpha-0 (the publisher) synced alpha from its API server in {took:.1?}");
     let direct_cfg = config(dir.path(), "beta-direct.yaml", "beta", false, kube);
     let (_direct, direct_dns, _) = run(&direct_cfg, "beta-direct");
+    synced(direct_dns, "beta-direct");
     let via_cfg = config(dir.path(), "beta-pubsub.yaml", "beta", false, |c| {
         if c == "beta" { kube(c) } else { pubsub(c) }
     });
     let t0 = Instant::now();
     let (_via, via_dns, _) = run(&via_cfg, "beta-pubsub");
-    let first = "svc-0.bench.svc.clusterset.local.";
-    let target: Ipv4Addr = ips(0, 0)[0].parse().unwrap();
     let sync = Poller::new(via_dns, Duration::from_millis(100))
         .until(first, target, t0, Duration::from_secs(60))
         .expect("alpha through Pub/Sub");

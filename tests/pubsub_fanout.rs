@@ -542,3 +542,42 @@ fn without_the_emulator_every_call_carries_an_adc_token() {
         w.pubsub.authorizations()
     );
 }
+
+/// A slice larger than one message goes out as a snapshot in parts, applied only whole.
+#[test]
+fn a_snapshot_in_many_parts_is_applied_whole() {
+    let w = World::new();
+    let objs: Vec<_> = (0..300)
+        .flat_map(|i| {
+            let name = format!("svc-{i}");
+            [
+                service("bulk", &name),
+                slice(
+                    "bulk",
+                    &name,
+                    &name,
+                    "IPv4",
+                    &[(&format!("10.10.{}.{}", 1 + i / 200, 1 + i % 200), true)],
+                ),
+            ]
+        })
+        .collect();
+    w.fleet.api("alpha").apply_many(objs);
+    let alpha = w.start("alpha", "alpha-0", ", max_message_bytes: 2048");
+    let beta = w.start("beta", "beta-0", "");
+    fleet::wait_for("all 301 services of alpha at beta", &beta, WAIT, || {
+        cluster_field(&beta, "alpha", "services")
+            .as_array()
+            .is_some_and(|s| s.len() == 301)
+    });
+    assert_eq!(
+        a(&beta, "svc-299.bulk.svc.clusterset.local"),
+        ["10.10.2.100"]
+    );
+    let parts = metric(
+        &alpha,
+        "meshdns_pubsub_published_messages_total{kind=\"snapshot\"}",
+    );
+    assert!(parts >= 10.0, "{parts} snapshot messages");
+    assert!(received(&beta, "alpha", "snapshot_part") >= 9.0);
+}

@@ -106,7 +106,17 @@ pub fn start(
         .map_while(Result::ok)
         .find(|l| l.contains("meshdns listening"))
         .expect("listening line");
-    std::thread::spawn(move || for _ in lines {});
+    // The rest of the log goes to $MESHDNS_BENCH_LOG_DIR/<pid>.log when that is set.
+    let mut keep = std::env::var_os("MESHDNS_BENCH_LOG_DIR").and_then(|d| {
+        std::fs::File::create(std::path::Path::new(&d).join(format!("{}.log", child.id()))).ok()
+    });
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Some(f) = keep.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    });
     let field = |k: &str| -> SocketAddr {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(k))

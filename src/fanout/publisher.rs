@@ -133,18 +133,25 @@ async fn run(plan: Plan, catalog: CatalogReader, stop: CancellationToken) {
     let election = tokio::spawn(
         lease::run(api, settings, tx, election_stop.clone()).instrument(tracing::Span::current()),
     );
+    // The last message's (epoch, sequence): a term that lapsed and was renewed in time after
+    // all (a busy process) is the same epoch, whose numbering goes on.
+    let mut last = (0, 0);
     loop {
         let term = leadership.borrow_and_update().clone();
         match term {
-            // A term that ran out while the election has not said so yet: wait for it.
             Some(term) if term.valid() => {
                 fanout().leader_epoch.set(term.epoch as i64);
-                lead(&plan, &pubsub, &catalog, &term, &mut leadership, &stop).await;
+                let seq = if last.0 == term.epoch { last.1 } else { 0 };
+                let seq = lead(&plan, &pubsub, &catalog, &term, seq, &mut leadership, &stop).await;
+                last = (term.epoch, seq);
                 fanout().leader_epoch.set(0);
             }
+            // No term, or one that ran out and may yet be renewed (that is not announced):
+            // look again soon.
             _ => {
                 tokio::select! {
                     r = leadership.changed() => if r.is_err() { break },
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     _ = stop.cancelled() => break,
                 }
             }
@@ -157,21 +164,23 @@ async fn run(plan: Plan, catalog: CatalogReader, stop: CancellationToken) {
     let _ = election.await;
 }
 
-/// Publishes for as long as `term` lasts.
+/// Publishes for as long as `term` lasts, numbering messages after `seq`; returns the last
+/// sequence number used.
 async fn lead(
     plan: &Plan,
     pubsub: &PubSub,
     catalog: &CatalogReader,
     term: &Term,
+    seq: u64,
     leadership: &mut watch::Receiver<Option<Term>>,
     stop: &CancellationToken,
-) {
-    info!(epoch = term.epoch, "publishing");
+) -> u64 {
+    info!(epoch = term.epoch, seq, "publishing");
     let mut out = Outbox {
         plan,
         pubsub,
         term,
-        seq: 0,
+        seq,
         topic_checked: false,
     };
     // Peers that lost their place ask for a snapshot; only the leader listens.
@@ -285,7 +294,8 @@ async fn lead(
     if let Some(l) = listener {
         let _ = l.await;
     }
-    info!(epoch = term.epoch, "stopped publishing");
+    info!(epoch = term.epoch, seq = out.seq, "stopped publishing");
+    out.seq
 }
 
 /// Numbers, encodes and publishes messages for one term.

@@ -11,8 +11,9 @@
 //! - a message of an older epoch (a deposed leader's), of another cluster, of an unknown
 //!   encoding, or that does not decode, is dropped and counted.
 //!
-//! A message is acknowledged once its change is in a published catalog snapshot. A broken
-//! stream, or a publisher silent for three of its resync intervals, turns the cluster stale:
+//! A message is acknowledged once its change is in a published catalog snapshot. A stream
+//! that cannot be opened again (an outage), or a publisher silent for three of its resync
+//! intervals, turns the cluster stale:
 //! its last data keeps serving, marked, and `expire_after` applies as for a Kubernetes source.
 
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::catalog::{SourceHandle, Update, unix_now};
 use crate::config::PubSubSourceConfig;
-use crate::fanout::client::{PubSub, retryable};
+use crate::fanout::client::PubSub;
 use crate::fanout::pull::{self, Pull};
 use crate::fanout::wire::{ATTR_CLUSTER, Body, Envelope, WIRE_VERSION, WireService};
 use crate::metrics::fanout;
@@ -294,6 +295,7 @@ pub async fn run(
                 }
             }
         };
+        let opened_at = Instant::now();
         // Without a base, or back after an outage (stale): a snapshot tells where things are.
         if !follower.based() || matches!(status.state, SourceState::Stale { .. }) {
             requests.ask(&pubsub).await;
@@ -324,18 +326,20 @@ pub async fn run(
             }
         };
         let Some(e) = ended else { break };
-        let level_warn = !(e.code() == tonic::Code::Unavailable && e.message() == "stream ended");
-        if level_warn {
-            warn!(%subscription, error = %e, "stream broken: last data kept (stale)");
-        }
-        if retryable(&e) || e.code() == tonic::Code::NotFound {
-            status.error(format!("streaming pull: {}", e.message()));
-        } else {
-            status.error(format!("streaming pull: {e}"));
-        }
         if e.code() == tonic::Code::NotFound && own {
+            // Deleted or expired under us: make it again, and start from a snapshot.
             created = false;
+            follower = Follower::new(&cluster);
         }
+        // Pub/Sub ends streams now and then: open another at once, and only if that fails
+        // (the open above) is the cluster stale. A stream that ends as soon as it opens is a
+        // failure all the same.
+        if opened_at.elapsed() >= Duration::from_secs(1) {
+            debug!(%subscription, error = %e, "stream ended: opening another");
+            continue;
+        }
+        warn!(%subscription, error = %e, "stream broken: last data kept (stale)");
+        status.error(format!("streaming pull: {}", e.message()));
         let wait = retry.next().unwrap_or(Duration::from_secs(10));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
