@@ -17,108 +17,16 @@
 //! Run: `cargo bench --bench kube_sync` (or `scripts/bench-kube`). Sizes: MESHDNS_BENCH_SERVICES
 //! (default 10000), MESHDNS_BENCH_CHANGES (default 500).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fake_apiserver::FakeApiServer;
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
-use serde_json::{Value, json};
-
-fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn service(ns: &str, name: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": { "name": name, "namespace": ns },
-        "spec": { "type": "ClusterIP", "ports": [{ "name": "http", "port": 80 }] },
-    })
-}
-
-fn slice(ns: &str, name: &str, svc: &str, ips: &[String]) -> Value {
-    let endpoints: Vec<Value> = ips
-        .iter()
-        .map(|ip| json!({ "addresses": [ip], "conditions": { "ready": true }, "zone": "z1" }))
-        .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": { "name": name, "namespace": ns, "labels": { "kubernetes.io/service-name": svc } },
-        "addressType": "IPv4",
-        "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
-        "endpoints": endpoints,
-    })
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn ready(ops: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect(ops) else {
-        return false;
-    };
-    let _ = write!(
-        s,
-        "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    buf.starts_with("HTTP/1.1 200")
-}
-
-/// `meshdns serve` on free ports; with `pin`, wrapped in `taskset -c <core>` (taskset execs
-/// meshdns, so the child's PID is meshdns's).
-fn start(config: &std::path::Path, pin: Option<&str>) -> (Child, SocketAddr, SocketAddr) {
-    let mut cmd = match pin {
-        Some(core) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", core, env!("CARGO_BIN_EXE_meshdns")]);
-            c
-        }
-        None => Command::new(env!("CARGO_BIN_EXE_meshdns")),
-    };
-    let mut child = cmd
-        .args(["serve", "--config"])
-        .arg(config)
-        .args(["--dns-addr", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn,meshdns=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("meshdns");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let line = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("meshdns listening"))
-        .expect("listening line");
-    std::thread::spawn(move || for _ in lines {});
-    let field = |k: &str| -> SocketAddr {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    };
-    (child, field("dns="), field("ops="))
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
+use support::{Reap, env_usize, percentile, ready, rss_mib, service, slice, start};
 
 /// utime+stime of a process, in seconds (/proc counts in USER_HZ, 100 on Linux).
 fn cpu_seconds(pid: u32) -> f64 {
@@ -267,17 +175,6 @@ fn diagnose(sock: &UdpSocket, dns: SocketAddr, q: &Message, target: std::net::Ip
     out
 }
 
-/// Kills the child process when dropped, so that neither meshdns nor dnsperf outlives a
-/// panicking bench.
-struct Reap(Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A dnsperf process loading the instance, pinned to core 1, until `stop`.
 struct Load {
     child: Reap,
@@ -390,8 +287,7 @@ fn main() {
 
     // 1. Initial sync.
     let t0 = Instant::now();
-    let (child, dns, ops) = start(&config, load.then_some("0"));
-    let child = Reap(child);
+    let (child, dns, ops) = start(&config, load.then_some("0"), &[]);
     while !ready(ops) {
         std::thread::sleep(Duration::from_millis(5));
     }

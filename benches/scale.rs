@@ -9,15 +9,18 @@
 //!
 //! Run: `cargo bench --bench scale` (`MESHDNS_SCALE=one|many` for one scenario).
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod support;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fake_apiserver::FakeApiServer;
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use serde_json::{Value, json};
+use support::{rss_mib, start};
 
 const PER_SERVICE: usize = 20;
 
@@ -84,69 +87,6 @@ fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn start(config: &std::path::Path) -> (Child, SocketAddr, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshdns"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .args(["--dns-addr", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn,meshdns=info")
-        .stdout(Stdio::null())
-        .envs(
-            std::env::var("SCALE_MALLOC_ARENA_MAX")
-                .ok()
-                .map(|v| ("MALLOC_ARENA_MAX", v)),
-        )
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("meshdns");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("meshdns listening"))
-        .expect("listening line");
-    std::thread::spawn(move || {
-        for l in lines.map_while(Result::ok) {
-            if l.contains("WARN") || l.contains("ERROR") {
-                eprintln!("meshdns: {l}");
-            }
-        }
-    });
-    let field = |k: &str| -> SocketAddr {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    };
-    (child, field("dns="), field("ops="))
-}
-
-struct KillOnDrop(Child);
-
-impl std::ops::Deref for KillOnDrop {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -187,15 +127,19 @@ fn run(s: &Scenario, rt: &tokio::runtime::Runtime) {
     );
 
     let t0 = Instant::now();
-    let (child, dns, ops) = start(&config);
+    let arena = std::env::var("SCALE_MALLOC_ARENA_MAX").ok();
+    let env: Vec<(&str, &str)> = arena
+        .iter()
+        .map(|v| ("MALLOC_ARENA_MAX", v.as_str()))
+        .collect();
     // Killed however this function ends.
-    let child = KillOnDrop(child);
+    let (child, dns, ops) = start(&config, None, &env);
     while !http(ops, "/readyz").starts_with("HTTP/1.1 200") {
         std::thread::sleep(Duration::from_millis(20));
     }
     let sync = t0.elapsed();
     std::thread::sleep(Duration::from_secs(2));
-    let rss = rss_mib(child.id());
+    let rss = rss_mib(child.0.id());
 
     // One changed endpoint at a time: the catalog's build time, and the end-to-end time.
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -284,7 +228,7 @@ fn run(s: &Scenario, rt: &tokio::runtime::Runtime) {
     } else {
         "- (dnsperf not installed)".into()
     };
-    let rss_after = rss_mib(child.id());
+    let rss_after = rss_mib(child.0.id());
 
     println!("\n### {}: {endpoints} endpoints\n", s.name);
     println!("| measure | value |");
