@@ -12,7 +12,8 @@
 //!    10 / 100 / 1,000 nodes × 20 clusters scales these counts by the formula they confirm.
 //!
 //! Run: `cargo bench --bench pubsub_fanout`. Sizes: MESHDNS_BENCH_SERVICES (default 1000),
-//! MESHDNS_BENCH_CHANGES (default 300), MESHDNS_BENCH_NODES (default 3).
+//! MESHDNS_BENCH_CHANGES (default 300), MESHDNS_BENCH_NODES (default 3), MESHDNS_BENCH_LEASE
+//! (the publisher's `lease_duration`, default 15s); MESHDNS_BENCH_LOG_DIR keeps the logs.
 
 mod support;
 
@@ -52,7 +53,10 @@ fn config(
     let mut yaml =
         format!("allow: [127.0.0.0/8]\nlocal_cluster: {local}\nready_timeout: 1s\ndrain: 0s\n");
     if publish {
-        yaml.push_str(&format!("publish: {{ project: {PROJECT} }}\n"));
+        let lease = std::env::var("MESHDNS_BENCH_LEASE").unwrap_or_else(|_| "15s".into());
+        yaml.push_str(&format!(
+            "publish: {{ project: {PROJECT}, lease_duration: {lease} }}\n"
+        ));
     }
     yaml.push_str("clusters:\n");
     for name in CLUSTERS {
