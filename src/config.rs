@@ -1214,4 +1214,90 @@ clusters:
             }
         }
     }
+
+    #[test]
+    fn pubsub_sources_and_publish() {
+        let c = parse(
+            "local_cluster: alpha\n\
+             publish: { project: fleet-host, resync: 2m }\n\
+             clusters:\n\
+             \x20 - { name: alpha, source: { kube: {} } }\n\
+             \x20 - { name: beta, source: { pubsub: { project: fleet-host } } }\n\
+             \x20 - name: gamma\n\
+             \x20   source:\n\
+             \x20     pubsub:\n\
+             \x20       project: fleet-host\n\
+             \x20       topic: projects/other/topics/gamma-slice\n\
+             \x20       subscription: gamma-for-alpha\n\
+             \x20       requests_topic: \"\"\n",
+        )
+        .unwrap();
+        let p = c.publish.as_ref().unwrap();
+        assert_eq!(p.topic, "projects/fleet-host/topics/meshdns-alpha");
+        assert_eq!(p.resync, Duration::from_secs(120));
+        assert_eq!(p.lease_name, "meshdns-publisher");
+        assert_eq!(p.lease_duration, Duration::from_secs(15));
+        assert_eq!(
+            p.requests_topic.as_deref(),
+            Some("projects/fleet-host/topics/meshdns-requests")
+        );
+        let SourceConfig::PubSub(beta) = &c.clusters[1].source else {
+            panic!("not pubsub")
+        };
+        assert_eq!(beta.topic, "projects/fleet-host/topics/meshdns-beta");
+        assert_eq!(beta.subscription, None);
+        assert_eq!(beta.subscription_expiry, Duration::from_secs(86_400));
+        let SourceConfig::PubSub(gamma) = &c.clusters[2].source else {
+            panic!("not pubsub")
+        };
+        assert_eq!(gamma.topic, "projects/other/topics/gamma-slice");
+        assert_eq!(
+            gamma.subscription.as_deref(),
+            Some("projects/fleet-host/subscriptions/gamma-for-alpha")
+        );
+        assert_eq!(gamma.requests_topic, None);
+    }
+
+    #[test]
+    fn bad_pubsub_settings_are_errors_naming_the_key() {
+        let cases = [
+            (
+                "publish: { project: p1x }\nclusters: [{ name: a, source: { kube: {} } }]\n",
+                "needs local_cluster",
+            ),
+            (
+                "local_cluster: a\npublish: { project: p1x }\nclusters: [{ name: a, source: { file: a.yaml } }]\n",
+                "needs a kube source",
+            ),
+            (
+                "local_cluster: a\npublish: { project: \"no way\" }\nclusters: [{ name: a, source: { kube: {} } }]\n",
+                "publish.project",
+            ),
+            (
+                "local_cluster: a\npublish: { project: p1x, lease_duration: 1s }\nclusters: [{ name: a, source: { kube: {} } }]\n",
+                "publish.lease_duration",
+            ),
+            (
+                "local_cluster: a\npublish: { project: p1x, max_message_bytes: 20000000 }\nclusters: [{ name: a, source: { kube: {} } }]\n",
+                "publish.max_message_bytes",
+            ),
+            (
+                "clusters: [{ name: b, source: { pubsub: { project: p1x, topic: a/b } } }]\n",
+                "clusters[0].source.pubsub.topic",
+            ),
+            (
+                "clusters: [{ name: b, source: { pubsub: { project: p1x, subscription_expiry: 1h } } }]\n",
+                "clusters[0].source.pubsub.subscription_expiry",
+            ),
+            (
+                "clusters: [{ name: b, source: { pubsub: { project: p1x, typo: 1 } } }]\n",
+                "typo",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = err(text);
+            assert!(e.contains(want), "error for {text:?} lacks {want:?}: {e}");
+            assert!(e.contains("meshdns.yaml:"), "no file:line in {e}");
+        }
+    }
 }
