@@ -39,6 +39,7 @@ use crate::config::{
 };
 use crate::model::{ClusterOrigin, is_dns_label};
 use crate::sources::kube as kube_source;
+use crate::sources::pause;
 
 /// Istio's annotation naming the cluster a remote secret is for (informational here: the
 /// data keys are what name clusters).
@@ -497,17 +498,16 @@ async fn watch_secrets(
     stop: CancellationToken,
 ) {
     let mut failing = false;
-    let mut retry = kube_source::backoff();
+    let mut retry = crate::sources::backoff();
     let client: Client = loop {
         match kube_source::connect(&local).await {
             Ok(c) => break c,
             Err(error) => {
                 out.error(error, &mut failing);
-                let wait = retry.next().unwrap_or(Duration::from_secs(10));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => continue,
-                    _ = stop.cancelled() => return,
+                if !pause(&mut retry, &stop).await {
+                    return;
                 }
+                continue;
             }
         }
     };
@@ -516,7 +516,7 @@ async fn watch_secrets(
         .labels(&cfg.label_selector)
         .timeout(kube_source::WATCH_TIMEOUT_SECS);
     let mut events = watcher::watcher(api, wc)
-        .backoff(kube_source::backoff())
+        .backoff(crate::sources::backoff())
         .boxed();
     let mut known: BTreeMap<SecretKey, SecretClusters> = BTreeMap::new();
     let mut listing: Vec<Secret> = Vec::new();

@@ -36,6 +36,7 @@ use crate::catalog::{CatalogReader, Changes, unix_micros};
 use crate::config::{Config, KubeSourceConfig, PublishConfig, SourceConfig};
 use crate::metrics::{KindLabels, fanout};
 use crate::model::{ClusterId, ServiceKey, Slice, SourceState};
+use crate::sources::{backoff, pause};
 
 /// Room left in a message for the envelope around the services.
 const ENVELOPE_BYTES: usize = 1024;
@@ -97,15 +98,14 @@ impl Publisher {
 }
 
 async fn run(plan: Plan, catalog: CatalogReader, stop: CancellationToken) {
-    let mut retry = crate::sources::kube::backoff();
+    let mut retry = backoff();
     let client = loop {
         match crate::sources::kube::connect(&plan.kube).await {
             Ok(c) => break c,
             Err(e) => {
                 warn!(error = %e, "cannot reach the local API server for the lease");
-                tokio::select! {
-                    _ = tokio::time::sleep(retry.next().unwrap_or(Duration::from_secs(10))) => {}
-                    _ = stop.cancelled() => return,
+                if !pause(&mut retry, &stop).await {
+                    return;
                 }
             }
         }
@@ -115,9 +115,8 @@ async fn run(plan: Plan, catalog: CatalogReader, stop: CancellationToken) {
             Ok(p) => break p,
             Err(e) => {
                 warn!(error = %e, "cannot reach Pub/Sub");
-                tokio::select! {
-                    _ = tokio::time::sleep(retry.next().unwrap_or(Duration::from_secs(10))) => {}
-                    _ = stop.cancelled() => return,
+                if !pause(&mut retry, &stop).await {
+                    return;
                 }
             }
         }
@@ -205,7 +204,7 @@ async fn lead(
     let mut next_full = tokio::time::Instant::now();
     let mut last_requested = tokio::time::Instant::now() - REQUESTED_SNAPSHOT_EVERY;
     let mut snapshot_asked = false;
-    let mut retry = crate::sources::kube::backoff();
+    let mut retry = backoff();
     loop {
         if !term.valid() || leadership.borrow().as_ref().map(|t| t.epoch) != Some(term.epoch) {
             break;
@@ -271,7 +270,7 @@ async fn lead(
                 _ = leadership.changed() => continue,
             }
         }
-        retry = crate::sources::kube::backoff();
+        retry = backoff();
         // A change already published by the catalog while this one went out is taken at once.
         if published.has_changed().unwrap_or(false) {
             published.borrow_and_update();
@@ -575,7 +574,7 @@ async fn listen_for_requests(
         pull::own_subscription_name(pull::project_of(&topic), &format!("requests-{cluster}"));
     let filter = format!("attributes.\"{ATTR_CLUSTER}\" = \"{cluster}\"");
     let mut created = false;
-    let mut retry = crate::sources::kube::backoff();
+    let mut retry = backoff();
     while !stop.is_cancelled() {
         let opened = async {
             if !created {
@@ -593,10 +592,10 @@ async fn listen_for_requests(
             Ok(p) => p,
             Err(e) => {
                 debug!(%topic, error = %e, "snapshot requests not heard");
-                tokio::select! {
-                    _ = tokio::time::sleep(retry.next().unwrap_or(Duration::from_secs(10))) => continue,
-                    _ = stop.cancelled() => break,
+                if !pause(&mut retry, &stop).await {
+                    break;
                 }
+                continue;
             }
         };
         loop {
@@ -616,9 +615,8 @@ async fn listen_for_requests(
                 _ = stop.cancelled() => break,
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(retry.next().unwrap_or(Duration::from_secs(10))) => {}
-            _ = stop.cancelled() => break,
+        if !pause(&mut retry, &stop).await {
+            break;
         }
     }
     if created {

@@ -29,17 +29,17 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::WatchStreamExt;
-use kube::runtime::utils::ResetTimerBackoff;
-use kube::runtime::watcher::{self, Event, ExponentialBackoff};
+use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::catalog::{SourceHandle, Update, unix_now};
+use super::{Status, backoff, pause};
+use crate::catalog::{SourceHandle, Update};
 use crate::config::{Export, KubeSourceConfig, parse_fqdn};
 use crate::model::{
-    AnswerPolicy, Endpoint, Policy, Port, Protocol, Service, ServiceKey, Slice, SourceState,
-    intern, is_dns_label, is_port_name,
+    AnswerPolicy, Endpoint, Policy, Port, Protocol, Service, ServiceKey, Slice, intern,
+    is_dns_label, is_port_name,
 };
 
 /// The label a Service carries to be published with `export: labeled`.
@@ -450,20 +450,6 @@ fn service_export_resource() -> ApiResource {
     )
 }
 
-pub(crate) fn backoff() -> ResetTimerBackoff<ExponentialBackoff> {
-    ResetTimerBackoff::new(
-        ExponentialBackoff::from(
-            backon::ExponentialBuilder::new()
-                .with_min_delay(Duration::from_millis(250))
-                .with_max_delay(Duration::from_secs(10))
-                .with_factor(2.0)
-                .with_jitter()
-                .without_max_times(),
-        ),
-        Duration::from_secs(60),
-    )
-}
-
 /// What a watch stream yields, tagged with the index of the watch it came from.
 type Tagged = (usize, Result<Event<Parsed>, watcher::Error>);
 type TaggedStream = Pin<Box<dyn Stream<Item = Tagged> + Send>>;
@@ -558,50 +544,12 @@ fn export_obj(export: DynamicObject, deleted: bool) -> Parsed {
     Parsed::ok(Obj::Export(ServiceKey::new(&ns, &name), !deleted))
 }
 
-/// The source's state as last told to the catalog; tells only changes, logs each once.
-struct Status {
-    handle: SourceHandle,
-    state: SourceState,
-}
-
 impl Status {
-    fn set(&mut self, state: SourceState) {
-        let same = matches!(
-            (self.state, state),
-            (SourceState::Stale { .. }, SourceState::Stale { .. })
-        ) || self.state == state;
-        if same {
-            return;
-        }
-        match state {
-            SourceState::Stale { .. } => warn!("source is stale: serving its last data"),
-            other => info!(state = other.name(), "source state"),
-        }
-        self.state = state;
-        self.handle.send(Update::State(state));
-    }
-
     /// Back from stale: the whole slice again, since the catalog may have expired it.
     fn recovered(&mut self, mirror: &Mirror, export: Export) {
-        if self.stale() {
+        if self.is_stale() {
             info!("source recovered");
-            self.handle.send(Update::Replace(mirror.slice(export)));
-            self.state = SourceState::Synced;
-        }
-    }
-
-    fn stale(&self) -> bool {
-        matches!(self.state, SourceState::Stale { .. })
-    }
-
-    /// A failure: counted and shown; the source turns stale if it had data.
-    fn error(&mut self, error: String, synced_once: bool) {
-        debug!(%error, "source error");
-        self.handle.send(Update::Error(error));
-        if synced_once {
-            self.set(SourceState::Stale {
-                since_unix: unix_now(),
-            });
+            self.replace(mirror.slice(export));
         }
     }
 }
@@ -635,22 +583,18 @@ pub(crate) async fn connect(cfg: &KubeSourceConfig) -> Result<Client, String> {
 
 /// Keeps the cluster's slice in step with its API server until `stop`.
 pub async fn run(cfg: KubeSourceConfig, handle: SourceHandle, stop: CancellationToken) {
-    let mut status = Status {
-        handle,
-        state: SourceState::Syncing,
-    };
+    let mut status = Status::new(handle);
     let mut retry = backoff();
     loop {
         let client = match connect(&cfg).await {
             Ok(c) => c,
             Err(error) => {
                 warn!(%error, "cannot build a client for this cluster");
-                status.error(error, false);
-                let wait = retry.next().unwrap_or(Duration::from_secs(10));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => continue,
-                    _ = stop.cancelled() => return,
+                status.error(error);
+                if !pause(&mut retry, &stop).await {
+                    return;
                 }
+                continue;
             }
         };
         follow(&cfg, client, &mut status, &stop).await;
@@ -716,7 +660,7 @@ async fn follow(
     loop {
         let (i, ev) = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = probe.tick(), if status.stale() => {
+            _ = probe.tick(), if status.is_stale() => {
                 if client.apiserver_version().await.is_ok() {
                     status.recovered(&mirror, cfg.export);
                 }
@@ -742,11 +686,7 @@ async fn follow(
                 }
                 listed[i] = true;
                 if listed.iter().all(|l| *l) {
-                    status
-                        .handle
-                        .send(Update::Replace(mirror.slice(cfg.export)));
-                    // The catalog marks the cluster synced on a whole slice.
-                    status.state = SourceState::Synced;
+                    status.replace(mirror.slice(cfg.export));
                 }
             }
             Ok(Event::Apply(obj) | Event::Delete(obj)) => {
@@ -780,10 +720,7 @@ async fn follow(
                         mirror.clear(&scopes[i]);
                         listed[i] = true;
                         if listed.iter().all(|l| *l) {
-                            status
-                                .handle
-                                .send(Update::Replace(mirror.slice(cfg.export)));
-                            status.state = SourceState::Synced;
+                            status.replace(mirror.slice(cfg.export));
                         }
                     }
                     continue;
@@ -793,7 +730,7 @@ async fn follow(
                     debug!(%error, "watch expired: relisting");
                     continue;
                 }
-                status.error(error.to_string(), synced_once);
+                status.error(error.to_string());
             }
         }
     }

@@ -16,14 +16,15 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
+use ::kube::runtime::utils::ResetTimerBackoff;
+use ::kube::runtime::watcher::ExponentialBackoff;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info_span};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::catalog::{CatalogSender, SourceHandle, Update, unix_now};
 use crate::config::{ClusterConfig, Config, ConfigError, SourceConfig};
-use crate::model::ClusterId;
-use crate::model::SourceState;
+use crate::model::{ClusterId, Slice, SourceState};
 
 /// Checks what can be checked before serving: every file source parses and validates.
 /// Returns the number of services found in files.
@@ -141,6 +142,92 @@ impl Sources {
     pub async fn shutdown(mut self) {
         self.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// How sources, discovery and the publisher pace retries (and what kube's watchers use): 250 ms
+/// doubling to 10 s with jitter, starting again after a minute without failures.
+pub(crate) fn backoff() -> ResetTimerBackoff<ExponentialBackoff> {
+    ResetTimerBackoff::new(
+        ExponentialBackoff::from(
+            backon::ExponentialBuilder::new()
+                .with_min_delay(Duration::from_millis(250))
+                .with_max_delay(Duration::from_secs(10))
+                .with_factor(2.0)
+                .with_jitter()
+                .without_max_times(),
+        ),
+        Duration::from_secs(60),
+    )
+}
+
+/// Waits the next delay of `retry`; `false` when `stop` came first.
+pub(crate) async fn pause(
+    retry: &mut impl Iterator<Item = Duration>,
+    stop: &CancellationToken,
+) -> bool {
+    let wait = retry.next().unwrap_or(Duration::from_secs(10));
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => true,
+        _ = stop.cancelled() => false,
+    }
+}
+
+/// A source's state as last told to the catalog: tells only changes, logs each once.
+pub(crate) struct Status {
+    pub handle: SourceHandle,
+    pub state: SourceState,
+}
+
+impl Status {
+    pub fn new(handle: SourceHandle) -> Status {
+        Status {
+            handle,
+            state: SourceState::Syncing,
+        }
+    }
+
+    pub fn set(&mut self, state: SourceState) {
+        let same = matches!(
+            (self.state, state),
+            (SourceState::Stale { .. }, SourceState::Stale { .. })
+        ) || self.state == state;
+        if same {
+            return;
+        }
+        match state {
+            SourceState::Stale { .. } => warn!("source is stale: serving its last data"),
+            other => info!(state = other.name(), "source state"),
+        }
+        self.state = state;
+        self.handle.send(Update::State(state));
+    }
+
+    pub fn is_stale(&self) -> bool {
+        matches!(self.state, SourceState::Stale { .. })
+    }
+
+    /// A whole slice: the catalog marks the cluster synced on it.
+    pub fn replace(&mut self, slice: Slice) {
+        self.handle.send(Update::Replace(slice));
+        self.state = SourceState::Synced;
+    }
+
+    /// The last data turns stale from now, if there is any (a source that never synced is
+    /// syncing, not stale).
+    pub fn stale(&mut self) {
+        if self.state != SourceState::Syncing {
+            self.set(SourceState::Stale {
+                since_unix: unix_now(),
+            });
+        }
+    }
+
+    /// A failure: counted and shown; the source turns stale if it had data.
+    pub fn error(&mut self, error: String) {
+        debug!(%error, "source error");
+        self.handle.send(Update::Error(error));
+        self.stale();
     }
 }
 

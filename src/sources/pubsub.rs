@@ -25,7 +25,8 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::catalog::{SourceHandle, Update, unix_now};
+use super::{Status, backoff, pause};
+use crate::catalog::{SourceHandle, Update};
 use crate::config::PubSubSourceConfig;
 use crate::fanout::client::PubSub;
 use crate::fanout::pull::{self, Pull};
@@ -175,39 +176,6 @@ impl Follower {
     }
 }
 
-/// How the source is doing, told to the catalog only when it changes.
-struct Status {
-    handle: SourceHandle,
-    state: SourceState,
-    synced_once: bool,
-}
-
-impl Status {
-    fn set(&mut self, state: SourceState) {
-        let same = match (self.state, state) {
-            (SourceState::Stale { .. }, SourceState::Stale { .. }) => true,
-            (a, b) => a == b,
-        };
-        if !same {
-            self.state = state;
-            self.handle.send(Update::State(state));
-        }
-    }
-
-    fn stale(&mut self) {
-        if self.synced_once {
-            self.set(SourceState::Stale {
-                since_unix: unix_now(),
-            });
-        }
-    }
-
-    fn error(&mut self, error: String) {
-        self.handle.send(Update::Error(error));
-        self.stale();
-    }
-}
-
 /// Follows the cluster's topic until `stop`.
 pub async fn run(
     cluster: String,
@@ -215,22 +183,16 @@ pub async fn run(
     handle: SourceHandle,
     stop: CancellationToken,
 ) {
-    let mut status = Status {
-        handle,
-        state: SourceState::Syncing,
-        synced_once: false,
-    };
-    let mut retry = crate::sources::kube::backoff();
+    let mut status = Status::new(handle);
+    let mut retry = backoff();
     let pubsub = loop {
         match PubSub::from_env().await {
             Ok(p) => break p,
             Err(e) => {
                 warn!(error = %e, "cannot reach Pub/Sub");
                 status.error(e);
-                let wait = retry.next().unwrap_or(Duration::from_secs(10));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.cancelled() => return,
+                if !pause(&mut retry, &stop).await {
+                    return;
                 }
             }
         }
@@ -270,11 +232,10 @@ pub async fn run(
                         cfg.topic,
                         e.message()
                     ));
-                    let wait = retry.next().unwrap_or(Duration::from_secs(10));
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => continue,
-                        _ = stop.cancelled() => break,
+                    if !pause(&mut retry, &stop).await {
+                        break;
                     }
+                    continue;
                 }
             }
         }
@@ -288,16 +249,15 @@ pub async fn run(
                 }
                 warn!(%subscription, error = %e, "cannot open the stream");
                 status.error(format!("streaming pull: {}", e.message()));
-                let wait = retry.next().unwrap_or(Duration::from_secs(10));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => continue,
-                    _ = stop.cancelled() => break,
+                if !pause(&mut retry, &stop).await {
+                    break;
                 }
+                continue;
             }
         };
         let opened_at = Instant::now();
         // Without a base, or back after an outage (stale): a snapshot tells where things are.
-        if !follower.based() || matches!(status.state, SourceState::Stale { .. }) {
+        if !follower.based() || status.is_stale() {
             requests.ask(&pubsub).await;
         }
         let ended = loop {
@@ -312,7 +272,7 @@ pub async fn run(
                 _ = requests.due(), if !follower.based() => requests.ask(&pubsub).await,
                 batch = pull.messages.next() => match batch {
                     Some(Ok(messages)) => {
-                        retry = crate::sources::kube::backoff();
+                        retry = backoff();
                         last_heard = Instant::now();
                         let acks = take(&mut follower, &mut status, messages, &mut silent_after).await;
                         if status.handle.is_closed() {
@@ -340,10 +300,8 @@ pub async fn run(
         }
         warn!(%subscription, error = %e, "stream broken: last data kept (stale)");
         status.error(format!("streaming pull: {}", e.message()));
-        let wait = retry.next().unwrap_or(Duration::from_secs(10));
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.cancelled() => break,
+        if !pause(&mut retry, &stop).await {
+            break;
         }
     }
     if own && created {
@@ -431,7 +389,7 @@ async fn take(
                 .observe(micros as f64 / 1e6);
         }
         if replace {
-            status.synced_once = true;
+            // The catalog marks the cluster synced on a whole slice.
             status.state = SourceState::Synced;
         }
         if stale_since > 0 {
