@@ -467,65 +467,48 @@ impl Outbox<'_> {
 }
 
 /// The services that changed since the last message, from the catalog's change log: a delta
-/// costs what changed, not the size of the slice. Entries of snapshots newer than the one
-/// being sent wait for the next message.
+/// costs what changed, not the size of the slice. The log has one entry per snapshot, in
+/// order, so reading up to the snapshot being sent never reads past it.
 struct Dirty {
     log: broadcast::Receiver<Arc<Changes>>,
     /// The last generation read from the log.
     upto: u64,
-    /// Changed up to the snapshot being sent.
+    /// Changed since the last message.
     keys: HashSet<ServiceKey>,
-    /// Changed after it.
-    later: HashSet<ServiceKey>,
     /// The log lost entries (lagged, or stalled): compare whole slices once.
     all: bool,
-    /// The generation of the snapshot being sent.
-    at: u64,
 }
 
 impl Dirty {
     fn new(catalog: &CatalogReader) -> Dirty {
         // Subscribed before the first load: nothing published after it is missed.
         let log = catalog.changes();
-        let at = catalog.load().generation;
         Dirty {
             log,
-            upto: at,
+            upto: catalog.load().generation,
             keys: HashSet::new(),
-            later: HashSet::new(),
             all: false,
-            at,
         }
     }
 
     /// Reads the log up to the snapshot of generation `to` (its entry is sent right after it
-    /// is stored, so this waits a moment at most).
+    /// is stored, so this waits a moment at most). When entries were lost, the whole slice is
+    /// compared instead, and what the log still holds is read next time.
     async fn catch_up(&mut self, to: u64) {
-        self.at = to;
-        // What was read ahead last time belongs to this snapshot now, if it is that new.
-        if self.upto <= to {
-            self.keys.extend(self.later.drain());
-        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         while self.upto < to {
             match tokio::time::timeout_at(deadline, self.log.recv()).await {
                 Ok(Ok(c)) => {
                     self.upto = self.upto.max(c.generation);
-                    let set = if c.generation <= to {
-                        &mut self.keys
-                    } else {
-                        &mut self.later
-                    };
-                    set.extend(c.keys.iter().cloned());
+                    self.keys.extend(c.keys.iter().cloned());
                 }
-                Ok(Err(broadcast::error::RecvError::Lagged(lost))) => {
-                    warn!(
-                        lost,
-                        "the change log ran ahead: comparing whole slices once"
-                    );
-                    self.all = true;
-                }
-                Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => {
+                lost => {
+                    if let Ok(Err(broadcast::error::RecvError::Lagged(n))) = lost {
+                        warn!(
+                            lost = n,
+                            "the change log ran ahead: comparing whole slices once"
+                        );
+                    }
                     self.all = true;
                     self.upto = to;
                 }
@@ -533,11 +516,10 @@ impl Dirty {
         }
     }
 
-    /// Everything up to the snapshot being sent went out; what came after it waits.
+    /// Everything up to the snapshot being sent went out.
     fn sent(&mut self) {
         self.all = false;
         self.keys.clear();
-        std::mem::swap(&mut self.keys, &mut self.later);
     }
 }
 
