@@ -56,15 +56,7 @@ pub struct SourceHandle {
 impl SourceHandle {
     /// Sends an update; false when the catalog is gone (shutting down).
     pub fn send(&self, update: Update) -> bool {
-        self.tx
-            .send(Input::Source(
-                SourceEvent {
-                    cluster: self.cluster.clone(),
-                    update,
-                },
-                None,
-            ))
-            .is_ok()
+        self.input(update, None)
     }
 
     /// Whether the catalog is gone (shutting down).
@@ -77,16 +69,18 @@ impl SourceHandle {
     /// message only then.
     pub async fn send_applied(&self, update: Update) -> Result<(), ()> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Input::Source(
-                SourceEvent {
-                    cluster: self.cluster.clone(),
-                    update,
-                },
-                Some(tx),
-            ))
-            .map_err(|_| ())?;
+        if !self.input(update, Some(tx)) {
+            return Err(());
+        }
         rx.await.map_err(|_| ())
+    }
+
+    fn input(&self, update: Update, applied: Option<oneshot::Sender<()>>) -> bool {
+        let event = SourceEvent {
+            cluster: self.cluster.clone(),
+            update,
+        };
+        self.tx.send(Input::Source(event, applied)).is_ok()
     }
 }
 

@@ -961,16 +961,25 @@ fn requests_topic(project: &str, given: Option<&str>) -> Option<String> {
     }
 }
 
-/// `<pod>@<node>` from the downward API (`POD_NAME`, `NODE_NAME`), else the host name.
+/// `<pod>@<node>` from the downward API (`POD_NAME`, `NODE_NAME`), else the instance's name.
 fn default_identity() -> String {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    match (env("POD_NAME"), env("NODE_NAME")) {
+    match (env_var("POD_NAME"), env_var("NODE_NAME")) {
         (Some(pod), Some(node)) => format!("{pod}@{node}"),
-        (Some(pod), None) => pod,
-        _ => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "meshdns".into()),
+        _ => instance_name(),
     }
+}
+
+/// This instance's name: `$POD_NAME` (the downward API), else the host name.
+pub fn instance_name() -> String {
+    env_var("POD_NAME").unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "meshdns".into())
+    })
+}
+
+fn env_var(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
 }
 
 /// A duration in whole seconds that fits a TTL (RFC 2181: at most 2^31 - 1).

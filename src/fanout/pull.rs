@@ -22,15 +22,7 @@ pub const ACK_DEADLINE_SECS: i32 = 10;
 /// trimmed to Pub/Sub's 255 characters. The random part keeps a restarted process with the
 /// same host name off the subscription (and backlog) of its predecessor.
 pub fn own_subscription_name(project: &str, what: &str) -> String {
-    let instance: String = std::env::var("POD_NAME")
-        .ok()
-        .filter(|p| !p.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-        })
-        .unwrap_or_else(|| "meshdns".into())
+    let instance: String = crate::config::instance_name()
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' {
