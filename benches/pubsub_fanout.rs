@@ -183,12 +183,15 @@ fn main() {
             alpha_ops,
             &format!("meshdns_pubsub_{what}_total{{kind=\"snapshot\"}}"),
         )
+        .unwrap_or(0.0)
     };
     let (bytes, messages) = (snapshot("published_bytes"), snapshot("published_messages"));
     let snapshots = metric(
         alpha_ops,
         "meshdns_pubsub_snapshot_requests_total{kind=\"answered\"}",
-    ) + 1.0;
+    )
+    .unwrap_or(0.0)
+        + 1.0;
     eprintln!(
         "a snapshot of alpha: {:.0} bytes in {:.0} part(s) = {:.1} bytes per endpoint ({snapshots:.0} sent)",
         bytes / snapshots,

@@ -11,8 +11,8 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::io::Write;
+use std::net::UdpSocket;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use fake_apiserver::FakeApiServer;
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use serde_json::{Value, json};
-use support::{rss_mib, start};
+use support::{http, metric, ready, rss_mib, start};
 
 const PER_SERVICE: usize = 20;
 
@@ -65,26 +65,6 @@ fn ips(c: usize, i: usize, generation: usize) -> Vec<String> {
             )
         })
         .collect()
-}
-
-fn http(addr: SocketAddr, path: &str) -> String {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    buf
-}
-
-fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
-    http(addr, "/metrics")
-        .lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -134,7 +114,7 @@ fn run(s: &Scenario, rt: &tokio::runtime::Runtime) {
         .collect();
     // Killed however this function ends.
     let (child, dns, ops) = start(&config, None, &env);
-    while !http(ops, "/readyz").starts_with("HTTP/1.1 200") {
+    while !ready(ops) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let sync = t0.elapsed();

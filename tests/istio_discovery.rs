@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use hickory_proto::rr::RecordType;
 use serde_json::{Value, json};
+use support::Meshdns;
 use support::fleet::{self, Fleet, a, cluster_field, debug_catalog, service, slice};
-use support::{Meshdns, http_get};
 
 const WAIT: Duration = Duration::from_secs(30);
 const REVIEWS: &str = "reviews.bookinfo.svc.clusterset.local";
@@ -102,13 +102,6 @@ fn relists(m: &Meshdns, cluster: &str) -> u64 {
     cluster_field(m, cluster, "relists").as_u64().unwrap_or(0)
 }
 
-fn metric(m: &Meshdns, line_prefix: &str) -> Option<String> {
-    let (_, body) = http_get(m.ops, "/metrics").unwrap();
-    body.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .map(|l| l[line_prefix.len()..].trim().to_string())
-}
-
 /// Queries `name` in a tight loop until stopped; returns (queries, unexpected answers).
 fn probe(
     m: &Meshdns,
@@ -183,25 +176,23 @@ fn the_zone_follows_remote_secrets_added_removed_and_rotated() {
         "no kubeconfig in {cat}"
     );
     assert_eq!(
-        metric(&m, "meshdns_discovery_clusters{origin=\"istio-secret\"}").as_deref(),
+        m.metric("meshdns_discovery_clusters{origin=\"istio-secret\"}")
+            .as_deref(),
         Some("2")
     );
     assert_eq!(
-        metric(&m, "meshdns_discovery_clusters{origin=\"config\"}").as_deref(),
+        m.metric("meshdns_discovery_clusters{origin=\"config\"}")
+            .as_deref(),
         Some("1")
     );
     assert_eq!(
-        metric(
-            &m,
+        m.metric(
             "meshdns_cluster_origin{cluster=\"beta\",origin=\"istio-secret\",secret=\"istio-system/istio-remote-secret-beta\"}"
         )
         .as_deref(),
         Some("1")
     );
-    assert_eq!(
-        metric(&m, "meshdns_discovery_secrets").as_deref(),
-        Some("2")
-    );
+    assert_eq!(m.metric("meshdns_discovery_secrets").as_deref(), Some("2"));
 
     // Rotation: a new token (here a new user name) for beta restarts beta's source alone, and
     // beta's answers never go away meanwhile.
@@ -271,7 +262,8 @@ fn the_zone_follows_remote_secrets_added_removed_and_rotated() {
     assert_eq!(m.dig(&format!("gamma.{REVIEWS} A")).status, "NXDOMAIN");
     assert_eq!(cluster_field(&m, "gamma", "name"), Value::Null);
     assert_eq!(
-        metric(&m, "meshdns_discovery_clusters{origin=\"istio-secret\"}").as_deref(),
+        m.metric("meshdns_discovery_clusters{origin=\"istio-secret\"}")
+            .as_deref(),
         Some("1")
     );
 }
@@ -334,7 +326,7 @@ fn broken_own_and_configured_clusters_in_secrets() {
 
     // Skipped once, counted, and said in /debug/catalog; the left-out clusters are logged once.
     assert_eq!(
-        metric(&m, "meshdns_discovery_skipped_total").as_deref(),
+        m.metric("meshdns_discovery_skipped_total").as_deref(),
         Some("1")
     );
     let d = debug_catalog(&m)["discovery"].clone();
@@ -376,7 +368,7 @@ fn broken_own_and_configured_clusters_in_secrets() {
         ],
     );
     wait_for("second skip", &m, || {
-        metric(&m, "meshdns_discovery_skipped_total").as_deref() == Some("2")
+        m.metric("meshdns_discovery_skipped_total").as_deref() == Some("2")
     });
     assert_eq!(a(&m, &format!("beta.{REVIEWS}")), ["10.11.1.1"]);
 
@@ -412,7 +404,7 @@ fn without_the_local_api_the_discovered_clusters_keep_serving() {
     assert_eq!(a(&m, &format!("beta.{REVIEWS}")), ["10.11.1.1"]);
     assert_eq!(cluster_field(&m, "beta", "state"), "synced");
     assert_ne!(
-        metric(&m, "meshdns_discovery_errors_total").as_deref(),
+        m.metric("meshdns_discovery_errors_total").as_deref(),
         Some("0")
     );
     // Back: a secret deleted meanwhile is noticed.

@@ -15,8 +15,8 @@ use meshdns::fanout::client::PubSub;
 use meshdns::fanout::pull;
 use meshdns::fanout::wire::{ATTR_CLUSTER, Body, Envelope, SnapshotPart, WIRE_VERSION};
 use prost::Message;
+use support::Meshdns;
 use support::fleet::{self, Fleet, a, cluster_field, service, slice};
-use support::{Meshdns, http_get};
 
 const WAIT: Duration = Duration::from_secs(30);
 const PROJECT: &str = "meshdns-test";
@@ -153,9 +153,8 @@ fn wait_answer(what: &str, m: &Meshdns, want: &[&str]) {
 
 /// One counter of `/metrics` (0 when absent).
 fn metric(m: &Meshdns, name_and_labels: &str) -> f64 {
-    let (_, body) = http_get(m.ops, "/metrics").unwrap();
-    body.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+    m.metric(name_and_labels)
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
 

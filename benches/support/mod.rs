@@ -51,17 +51,22 @@ pub fn rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-pub fn ready(ops: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect(ops) else {
-        return false;
+/// The whole HTTP response to `GET path` (empty when the connection fails).
+pub fn http(addr: SocketAddr, path: &str) -> String {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return String::new();
     };
     let _ = write!(
         s,
-        "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     );
     let mut buf = String::new();
     let _ = s.read_to_string(&mut buf);
-    buf.starts_with("HTTP/1.1 200")
+    buf
+}
+
+pub fn ready(ops: SocketAddr) -> bool {
+    http(ops, "/readyz").starts_with("HTTP/1.1 200")
 }
 
 /// Kills the child process when dropped, so that no meshdns (or dnsperf) outlives a
@@ -189,19 +194,11 @@ impl Poller {
     }
 }
 
-/// One sample of the instance's `/metrics` (0 when absent): `name_and_labels` is everything
-/// before the value, e.g. `meshdns_pubsub_published_bytes_total{kind="snapshot"}`.
-pub fn metric(ops: SocketAddr, name_and_labels: &str) -> f64 {
-    let Ok(mut s) = TcpStream::connect(ops) else {
-        return 0.0;
-    };
-    let _ = write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-        .unwrap_or(0.0)
+/// One sample of the instance's `/metrics`: `name_and_labels` is everything before the value,
+/// e.g. `meshdns_pubsub_published_bytes_total{kind="snapshot"}`.
+pub fn metric(ops: SocketAddr, name_and_labels: &str) -> Option<f64> {
+    http(ops, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(name_and_labels))
+        .and_then(|v| v.trim().parse().ok())
 }

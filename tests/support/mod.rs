@@ -110,6 +110,15 @@ impl Meshdns {
         }
     }
 
+    /// The rest of the first `/metrics` line that starts with `line_prefix` (a name and its
+    /// labels), trimmed: the value.
+    pub fn metric(&self, line_prefix: &str) -> Option<String> {
+        let (_, body) = http_get(self.ops, "/metrics").unwrap();
+        body.lines()
+            .find_map(|l| l.strip_prefix(line_prefix))
+            .map(|v| v.trim().to_string())
+    }
+
     pub fn logs(&self) -> String {
         self.log.lock().unwrap().clone()
     }
